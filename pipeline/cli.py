@@ -1,0 +1,39 @@
+"""Shared entry-point plumbing: logging set-up and the one-line error contract."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options every stage accepts (`--params`, `--debug`)."""
+    parser.add_argument("--params", default="params.yaml", help="parameters file")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks and debug logging"
+    )
+
+
+def run_stage(body: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    """Run a stage body; a user error prints one line and exits 1, without a traceback."""
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        body(args)
+    except PipelineError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written. Run the stage again.", file=sys.stderr)
+        sys.exit(130)

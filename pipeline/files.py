@@ -1,0 +1,91 @@
+"""Atomic file writes: an interrupted stage never leaves a half-written output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` only on success."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+        )
+    except OSError as error:
+        raise PipelineError(
+            f"cannot write {target}: {error.strerror}. "
+            "Fix the folder's permissions or point the path elsewhere in params.yaml."
+        ) from error
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(target: Path, payload: Any) -> None:
+    """Write `payload` as indented JSON, atomically."""
+    with atomic_path(target) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(target: Path, text: str) -> None:
+    """Write text, atomically."""
+    with atomic_path(target) as temporary:
+        temporary.write_text(text)
+
+
+def write_npz(target: Path, **arrays: np.ndarray) -> None:
+    """Write arrays to an uncompressed .npz, atomically (no pickle: object arrays refused)."""
+    with atomic_path(target) as temporary, temporary.open("wb") as stream:
+        np.savez(stream, **arrays)
+
+
+def read_npz(source: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read the named arrays of an .npz written by an earlier stage, without pickle."""
+    if not Path(source).is_file():
+        raise PipelineError(
+            f"{source} does not exist: the stage that writes it has not run. Run `dvc repro`."
+        )
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            missing = [key for key in keys if key not in archive.files]
+            if missing:
+                raise PipelineError(
+                    f"{source} lacks {', '.join(missing)}: it is stale or foreign. "
+                    "Delete it and run `dvc repro`."
+                )
+            return {key: archive[key] for key in keys}
+    except (OSError, ValueError) as error:
+        raise PipelineError(
+            f"{source} is unreadable ({error}). Delete it and run `dvc repro`."
+        ) from error
+
+
+def read_json(source: Path) -> Any:
+    """Read a JSON file written by an earlier stage."""
+    try:
+        return json.loads(Path(source).read_text())
+    except FileNotFoundError as error:
+        raise PipelineError(
+            f"{source} does not exist: the stage that writes it has not run. Run `dvc repro`."
+        ) from error
+    except json.JSONDecodeError as error:
+        raise PipelineError(
+            f"{source} is not valid JSON ({error}). Delete it and run `dvc repro`."
+        ) from error

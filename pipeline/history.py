@@ -1,0 +1,38 @@
+"""The per-epoch training history file (a CSV that DVC plots and `compare` reads)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+
+HISTORY_FIELDS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "epoch_seconds",
+    "images_per_second",
+)
+
+History = list[dict[str, float]]
+
+
+def write_history(target: Path, history: History) -> None:
+    """Write the history as CSV, atomically."""
+    with atomic_path(target) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def read_history(source: Path) -> History:
+    """Read a history CSV written by `write_history`."""
+    if not source.is_file():
+        raise PipelineError(f"{source} does not exist: run `dvc repro` to train first")
+    with source.open(newline="") as stream:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]

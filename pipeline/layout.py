@@ -1,0 +1,42 @@
+"""Where each variant's outputs live, under the folders named in params.yaml `paths`.
+
+dvc.yaml declares the same files; tests/test_dvc_yaml.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.params import PathsParams
+
+
+@dataclass(frozen=True)
+class VariantFiles:
+    """The files one variant's tune, train and evaluate stages write."""
+
+    model: Path
+    tuned: Path
+    run: Path
+    history: Path
+    train_metrics: Path
+    learning_curves: Path
+    test_metrics: Path
+    confusion: Path
+    confusion_png: Path
+
+
+def variant_files(paths: PathsParams, variant: str) -> VariantFiles:
+    """The output files of `variant`."""
+    folder = paths.results / variant
+    return VariantFiles(
+        model=paths.models / f"{variant}.keras",
+        tuned=folder / "tuned.json",
+        run=folder / "mlflow_run.json",
+        history=folder / "history.csv",
+        train_metrics=folder / "train_metrics.json",
+        learning_curves=folder / "learning_curves.png",
+        test_metrics=folder / "test_metrics.json",
+        confusion=folder / "confusion.csv",
+        confusion_png=folder / "confusion.png",
+    )

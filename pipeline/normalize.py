@@ -1,0 +1,125 @@
+"""Stage `normalize`: split off a validation set, then normalize with training statistics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import numpy as np
+
+from pipeline.cli import add_common_arguments, run_stage
+from pipeline.files import read_npz, write_json, write_npz
+from pipeline.params import NormalizeParams, load_params
+
+log = logging.getLogger(__name__)
+
+RAW_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
+PREPARED_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "class_names")
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): `fraction` of each class held out, chosen with `seed`."""
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = round(len(members) * fraction)
+        held_out.append(rng.choice(members, size=count, replace=False))
+    held_out_indices = np.sort(np.concatenate(held_out))
+    keep = np.ones(len(labels), dtype=bool)
+    keep[held_out_indices] = False
+    if not keep.any() or len(held_out_indices) == 0:
+        raise ValueError("the split leaves an empty training or validation set")
+    return np.flatnonzero(keep), held_out_indices
+
+
+def compute_stats(x_train: np.ndarray, params: NormalizeParams) -> dict[str, Any]:
+    """The normalization's parameters, from the training split only (pixel units, 0-255)."""
+    if params.method == "standardize":
+        pixels = x_train.reshape(-1, x_train.shape[-1])
+        # float64 accumulation: float32 sums over 1e8 values drift by more than 1e-3.
+        mean = pixels.mean(axis=0, dtype=np.float64)
+        std = pixels.std(axis=0, dtype=np.float64)
+        return {"method": "standardize", "mean": mean.tolist(), "std": std.tolist()}
+    if params.method == "scale":
+        return {"method": "scale", "scale": 1.0 / 255.0}
+    return {"method": "article", "axis": 1, "order": 2}
+
+
+def apply_normalization(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """Normalize uint8 images with `stats` into a new float32 array."""
+    values = x.astype(np.float32)
+    if stats["method"] == "standardize":
+        values -= np.asarray(stats["mean"], dtype=np.float32)
+        values /= np.asarray(stats["std"], dtype=np.float32)
+    elif stats["method"] == "scale":
+        values *= np.float32(stats["scale"])
+    else:
+        # keras.utils.normalize(x, axis=1): each column of each channel to unit L2 norm
+        # along the image rows (axis 1), zero vectors left as they are.
+        norms = np.linalg.norm(values, ord=2, axis=stats["axis"], keepdims=True)
+        norms[norms == 0] = 1
+        values /= norms
+    return values
+
+
+def channel_moments(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and std of normalized images, for the stats report."""
+    pixels = x.reshape(-1, x.shape[-1])
+    return {
+        "mean": pixels.mean(axis=0, dtype=np.float64).tolist(),
+        "std": pixels.std(axis=0, dtype=np.float64).tolist(),
+    }
+
+
+def prepare(
+    raw: dict[str, np.ndarray], params: NormalizeParams, val_fraction: float, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Split and normalize a fetched dataset; returns (arrays, stats report)."""
+    keep, held_out = stratified_split(raw["y_train"], val_fraction, seed)
+    x_train, x_val = raw["x_train"][keep], raw["x_train"][held_out]
+    stats = compute_stats(x_train, params)
+    arrays = {
+        "x_train": apply_normalization(x_train, stats),
+        "y_train": raw["y_train"][keep],
+        "x_val": apply_normalization(x_val, stats),
+        "y_val": raw["y_train"][held_out],
+        "x_test": apply_normalization(raw["x_test"], stats),
+        "y_test": raw["y_test"],
+        "class_names": raw["class_names"],
+    }
+    report = {
+        **stats,
+        "counts": {split: int(len(arrays[f"y_{split}"])) for split in ("train", "val", "test")},
+        "normalized_moments": {
+            split: channel_moments(arrays[f"x_{split}"]) for split in ("train", "val", "test")
+        },
+    }
+    return arrays, report
+
+
+def main() -> None:
+    """Entry point of `python -m pipeline.normalize`."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_common_arguments(parser)
+    run_stage(_run, parser.parse_args())
+
+
+def _run(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    raw = read_npz(params.paths.raw_dataset, RAW_KEYS)
+    arrays, report = prepare(raw, params.normalize, params.data.val_fraction, params.seed)
+    write_npz(params.paths.prepared_dataset, **arrays)
+    write_json(params.paths.normalization_stats, report)
+    log.info(
+        "normalized with %s: train %d, val %d, test %d images",
+        report["method"],
+        *report["counts"].values(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Typed, validated parameters: the only code that reads params.yaml."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import PipelineError
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+OFFICIAL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "swish"]
+
+
+class Section(BaseModel):
+    """A frozen section of params.yaml that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(Section):
+    """Where each stage reads and writes; dvc.yaml interpolates the same values."""
+
+    download_cache: Path = Path(".cache/downloads")
+    raw_dataset: Path = Path("data/raw/cifar10.npz")
+    provenance: Path = Path("data/raw/provenance.json")
+    prepared_dataset: Path = Path("data/prepared/cifar10.npz")
+    normalization_stats: Path = Path("data/prepared/stats.json")
+    models: Path = Path("models")
+    results: Path = Path("results")
+    comparison: Path = Path("comparison")
+
+
+class DataParams(Section):
+    """Where CIFAR-10 comes from and how much of it is used."""
+
+    source: str = Field(
+        default="official",
+        description="'official' (download the binary release) or a local path / URL",
+    )
+    url: str = OFFICIAL_URL
+    md5: str = Field(default=OFFICIAL_MD5, pattern=r"^[0-9a-f]{32}$")
+    subset: PositiveInt | None = Field(
+        default=None, description="at most this many images per split, stratified and seeded"
+    )
+    val_fraction: Fraction = 0.1
+
+
+class NormalizeParams(Section):
+    """How pixels are normalized."""
+
+    method: Literal["standardize", "scale", "article"] = "standardize"
+
+
+class AugmentationParams(Section):
+    """Random augmentation applied to training batches only."""
+
+    shear: Annotated[float, Field(ge=0, le=1)] = 0.2
+    zoom: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    horizontal_flip: bool = True
+
+
+class ModelSettings(Section):
+    """Everything a variant may override; shared defaults live in `train`."""
+
+    batch_norm: bool = False
+    bn_position: Literal["after_activation", "before_activation"] = "after_activation"
+    activation: Activation = "sigmoid"
+    optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
+    learning_rate: PositiveFloat = 1e-3
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 10
+    augmentation: AugmentationParams = AugmentationParams()
+
+
+class TrainParams(ModelSettings):
+    """Training settings shared by every variant, plus the article's quirks as options."""
+
+    validation_data: Literal["split", "test"] = Field(
+        default="split",
+        description="'test' validates on the test set, as the article does (not recommended)",
+    )
+    epoch_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1.0, description="share of the training split seen per epoch (article: 0.5)"
+    )
+    deterministic: bool = True
+
+
+class VariantOverrides(Section):
+    """A variant: the `train` settings it changes. Unset fields inherit from `train`."""
+
+    batch_norm: bool | None = None
+    bn_position: Literal["after_activation", "before_activation"] | None = None
+    activation: Activation | None = None
+    optimizer: Literal["rmsprop", "adam", "sgd"] | None = None
+    learning_rate: PositiveFloat | None = None
+    batch_size: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    augmentation: AugmentationParams | None = None
+
+
+class PrunerParams(Section):
+    """Optuna pruner and its settings."""
+
+    kind: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: Annotated[int, Field(ge=0)] = 4
+    n_warmup_steps: Annotated[int, Field(ge=0)] = 1
+    min_resource: PositiveInt = 1
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+
+
+class TuneParams(Section):
+    """Optuna learning-rate search; n_trials 0 switches it off."""
+
+    n_trials: Annotated[int, Field(ge=0)] = 0
+    lr_low: PositiveFloat = 1e-5
+    lr_high: PositiveFloat = 1e-1
+    epochs: PositiveInt = 3
+    subset: PositiveInt | None = Field(
+        default=10000, description="training images per trial (None: the whole split)"
+    )
+    sampler_seed: int = 0
+    pruner: PrunerParams = PrunerParams()
+    storage: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, 'journal:<file>', or None for optuna.db at the repo root",
+    )
+
+    @field_validator("lr_high")
+    @classmethod
+    def _range_is_ordered(cls, lr_high: float, info: Any) -> float:
+        lr_low = info.data.get("lr_low")
+        if lr_low is not None and lr_high <= lr_low:
+            raise ValueError(f"must be greater than tune.lr_low ({lr_low})")
+        return lr_high
+
+
+class MlflowParams(Section):
+    """Run tracking."""
+
+    experiment: Annotated[str, Field(min_length=1)] = "bn-cifar10"
+    log_model: bool = True
+
+
+VariantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    seed: Annotated[int, Field(ge=0)] = 42
+    paths: PathsParams = PathsParams()
+    data: DataParams = DataParams()
+    normalize: NormalizeParams = NormalizeParams()
+    train: TrainParams = TrainParams()
+    variants: Annotated[dict[VariantName, VariantOverrides], Field(min_length=1)]
+    tune: TuneParams = TuneParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    def variant(self, name: str) -> TrainParams:
+        """The effective training settings of one variant: `train` with its overrides."""
+        if name not in self.variants:
+            known = ", ".join(self.variants)
+            raise PipelineError(f"unknown variant {name!r}; params.yaml defines: {known}")
+        overrides = self.variants[name].model_dump(exclude_unset=True)
+        return TrainParams.model_validate(_deep_merge(self.train.model_dump(), overrides))
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied key by key, recursing into nested sections."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml; any problem becomes one PipelineError line."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise PipelineError(
+            f"{path} not found: run from the project root or pass --params"
+        ) from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PipelineError(
+            f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}; "
+            "fix the syntax (indentation, colons, quotes)"
+        ) from error
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path} must be a mapping of sections (data:, train:, ...)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise PipelineError(f"{path}: {describe_validation_error(error)}") from error
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each bad key by its full path, with the closest valid key for typos."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problem = f"unknown key {key!r}"
+            suggestion = _closest_key(item["loc"])
+            if suggestion:
+                problem += f" (did you mean {suggestion!r}?)"
+        elif item["type"] == "missing":
+            problem = f"{key} is required"
+        else:
+            problem = f"{key}: {item['msg']} (got {item.get('input')!r})"
+        problems.append(problem)
+    return "; ".join(problems)
+
+
+def _closest_key(location: tuple[Any, ...]) -> str | None:
+    """The valid key nearest to the unknown last element of `location`, as a full path."""
+    model: Any = Params
+    for part in location[:-1]:
+        if model is Params and part == "variants":
+            model = {"*": VariantOverrides}
+            continue
+        if isinstance(model, dict):
+            model = model["*"]
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _section_type(field.annotation)
+        if model is None:
+            return None
+    if isinstance(model, dict) or not hasattr(model, "model_fields"):
+        return None
+    matches = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1)
+    if not matches:
+        return None
+    return ".".join([*(str(part) for part in location[:-1]), matches[0]])
+
+
+def _section_type(annotation: Any) -> Any:
+    """The Section class inside an annotation such as `AugmentationParams | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        if isinstance(argument, type) and issubclass(argument, Section):
+            return argument
+    return None

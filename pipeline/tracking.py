@@ -1,0 +1,99 @@
+"""MLflow: where the store is, how runs are named, tagged and linked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from pipeline.errors import PipelineError
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def project_root() -> Path:
+    """The repository the stores belong to: DVC_ROOT inside `dvc exp run`, else the cwd.
+
+    DVC runs queued and temporary experiments in a copy of the repository and points
+    DVC_ROOT at the real one, so anchoring there puts every experiment in one store.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else an SQLite store at the project root."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{project_root() / STORE_FILE}"
+
+
+def connect(experiment_name: str) -> str:
+    """Point MLflow at the store and experiment; returns the experiment id.
+
+    A new experiment keeps its artifacts beside the SQLite store (not in the working
+    directory, which is a throw-away copy under `dvc exp run`).
+    """
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (project_root() / ARTIFACTS_FOLDER).as_uri()
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
+    except MlflowException as error:
+        raise PipelineError(
+            f"MLflow store {uri} is not usable ({error.message.splitlines()[0]}); "
+            "check MLFLOW_TRACKING_URI or delete a corrupt mlflow.db"
+        ) from error
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast, in one line, when a tracking server does not answer."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({error}); start it "
+            "(`mlflow server --host 127.0.0.1 --port 5000`) or unset MLFLOW_TRACKING_URI "
+            "to use the local store"
+        ) from error
+
+
+def run_tags(variant: str, dataset_digest: str, seed: int) -> dict[str, str]:
+    """Tags that tie a run to its variant, data, code and DVC experiment."""
+    tags = {"variant": variant, "dataset_digest": dataset_digest, "seed": str(seed)}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    for env_name, tag in (
+        ("DVC_EXP_NAME", "dvc_exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev"),
+    ):
+        if os.environ.get(env_name):
+            tags[tag] = os.environ[env_name]
+    return tags
+
+
+def _git_commit() -> str | None:
+    """The commit being run, or None outside a git repository."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip() or None

@@ -1,0 +1,62 @@
+"""Training on tiny data: history, determinism, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.history import HISTORY_FIELDS, read_history, write_history
+from pipeline.params import TrainParams
+from pipeline.train import TrainingData, final_metrics, train_model
+
+
+def tiny_data(seed: int = 0, n: int = 64) -> TrainingData:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    images[:, :4, :4, 0] += labels[:, None, None] / 3  # a learnable signal
+    return TrainingData(images, labels.astype(np.uint8), images[:20], labels[:20].astype(np.uint8))
+
+
+def settings(**changes: object) -> TrainParams:
+    return TrainParams(epochs=2, batch_size=16).model_copy(update=changes)
+
+
+def test_history_has_every_field_per_epoch(tmp_path) -> None:
+    result = train_model(tiny_data(), settings(batch_norm=True), seed=1)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    for row in result.history:
+        assert set(row) == set(HISTORY_FIELDS)
+        assert all(math.isfinite(value) for value in row.values())
+        assert row["images_per_second"] > 0
+        assert row["learning_rate"] == pytest.approx(1e-3)
+    metrics = final_metrics(result, 1e-3)
+    assert metrics["epochs"] == 2
+    assert metrics["best_val_accuracy"] >= metrics["val_accuracy"]
+    write_history(tmp_path / "history.csv", result.history)
+    assert read_history(tmp_path / "history.csv") == result.history
+
+
+def test_same_seed_same_metrics_other_seed_differs() -> None:
+    def losses(seed: int) -> list[float]:
+        result = train_model(tiny_data(), settings(batch_norm=True), seed=seed)
+        return [row["loss"] for row in result.history] + [row["val_loss"] for row in result.history]
+
+    first = losses(7)
+    assert losses(7) == first
+    assert losses(8) != first
+
+
+def test_epoch_fraction_shortens_epochs() -> None:
+    result = train_model(tiny_data(n=64), settings(epoch_fraction=0.5, epochs=3), seed=0)
+    assert len(result.history) == 3
+    assert result.model.optimizer.iterations.numpy() == 3 * 2  # 32 images per epoch, batch 16
+
+
+def test_non_finite_loss_fails_with_a_clear_message() -> None:
+    exploding = settings(optimizer="sgd", learning_rate=1e12, activation="relu")
+    with pytest.raises(PipelineError, match=r"training diverged: loss became nan at epoch 1"):
+        train_model(tiny_data(), exploding, seed=0)
