@@ -31,6 +31,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
         ) from error
     os.close(handle)
     temporary = Path(temporary_name)
+    # mkstemp creates 0600 files; outputs get the usual permissions (0644 under umask 022).
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod(0o666 & ~umask)
     try:
         yield temporary
         temporary.replace(target)

@@ -5,6 +5,7 @@ dvc.yaml declares the same files; tests/test_dvc_yaml.py keeps the two in step.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,3 +41,12 @@ def variant_files(paths: PathsParams, variant: str) -> VariantFiles:
         confusion=folder / "confusion.csv",
         confusion_png=folder / "confusion.png",
     )
+
+
+def project_root() -> Path:
+    """The repository the stores belong to: DVC_ROOT inside `dvc exp run`, else the cwd.
+
+    DVC runs queued and temporary experiments in a copy of the repository and points
+    DVC_ROOT at the real one, so anchoring there puts every experiment in one store.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()

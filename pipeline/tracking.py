@@ -6,24 +6,15 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import PipelineError
+from pipeline.layout import project_root
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_FOLDER = "mlartifacts"
-
-
-def project_root() -> Path:
-    """The repository the stores belong to: DVC_ROOT inside `dvc exp run`, else the cwd.
-
-    DVC runs queued and temporary experiments in a copy of the repository and points
-    DVC_ROOT at the real one, so anchoring there puts every experiment in one store.
-    """
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri() -> str:

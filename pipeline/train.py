@@ -313,9 +313,13 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _log_model(model: keras.Model, example: np.ndarray) -> None:
-    """Log the raw-input model in MLflow's Keras flavor with a signature on uint8 images."""
+    """Log the raw-input model in MLflow's TensorFlow flavor with a signature on uint8 images.
+
+    The TensorFlow flavor saves Keras 3 models in the .keras format; MLflow's `keras`
+    flavor fails to write an input example in this MLflow release.
+    """
     signature = infer_signature(example, model.predict(example, verbose=0))
-    mlflow.keras.log_model(
+    mlflow.tensorflow.log_model(
         model,
         name="model",
         signature=signature,
