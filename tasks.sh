@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up the project and run its common tasks. Every task first makes .venv match uv.lock.
+#
+#   ./tasks.sh pipeline [dvc repro args]   set up, then run the pipeline (dvc repro)
+#   ./tasks.sh test [pytest args]          set up, then run the test suite (without `slow`)
+#   ./tasks.sh setup                       only set up
+#   ./tasks.sh lint                        ruff check + format check
+set -euo pipefail
+cd "$(dirname "$0")"
+
+UV_VERSION="0.13.9"
+TOOLS=".cache/tools"   # a private venv holding the pinned uv, so no global install is needed
+
+python_311() {
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      command -v "$candidate"
+      return
+    fi
+  done
+  echo "error: Python 3.11 is required; install it (e.g. apt-get install python3.11 python3.11-venv)" >&2
+  exit 1
+}
+
+setup() {
+  local python
+  python="$(python_311)"
+  if [ ! -x "$TOOLS/bin/uv" ] || [ "$("$TOOLS/bin/uv" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+    "$python" -m venv "$TOOLS"
+    "$TOOLS/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+  fi
+  # --frozen: install exactly what uv.lock pins, never re-resolve.
+  "$TOOLS/bin/uv" sync --frozen --python "$python" --quiet
+  export PATH="$PWD/.venv/bin:$PATH"   # DVC stages call `python -m pipeline.<stage>`
+}
+
+task="${1:-}"
+shift || true
+case "$task" in
+  setup) setup ;;
+  pipeline) setup && dvc repro "$@" ;;
+  test) setup && python -m pytest "$@" ;;
+  lint) setup && ruff check . && ruff format --check . ;;
+  *)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

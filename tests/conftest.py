@@ -1,0 +1,98 @@
+"""Shared fixtures: a throw-away copy of the project wired to a tiny fixture dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.sources import write_class_folder
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+DVC_FILES = (".gitignore", "config", "plots")
+
+
+def project_environment() -> dict[str, str]:
+    """The environment stages run in: this interpreter first on PATH, the local stores."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def run_command(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command in `cwd` with the project environment; show its output on failure."""
+    result = subprocess.run(
+        args, cwd=cwd, env=project_environment(), capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the DVC CLI of this environment inside `repo`."""
+    return run_command([sys.executable, "-m", "dvc", *args], repo, check)
+
+
+def edit_params(repo: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `edit` to the repository's params.yaml, keeping key order."""
+    path = repo / "params.yaml"
+    values = yaml.safe_load(path.read_text())
+    edit(values)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def tiny_settings(values: dict[str, Any]) -> None:
+    """Parameters small enough for a whole DAG in about a minute on two cores."""
+    values["data"]["source"] = "fixture/cifar10-small.tar.gz"
+    values["data"]["val_fraction"] = 0.2
+    values["train"]["epochs"] = 2
+    values["train"]["batch_size"] = 8
+
+
+def make_project(root: Path) -> Path:
+    """A git + DVC repository holding the project's pipeline and a tiny class-folder source."""
+    repo = root / "project"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, repo / name)
+    (repo / ".dvc").mkdir()
+    for name in DVC_FILES:
+        source = PROJECT_ROOT / ".dvc" / name
+        if source.is_dir():
+            shutil.copytree(source, repo / ".dvc" / name)
+        else:
+            shutil.copy2(source, repo / ".dvc" / name)
+    write_class_folder(repo / "fixture", "tar.gz", per_class_train=5, per_class_test=2)
+    edit_params(repo, tiny_settings)
+    (repo / ".gitignore").write_text((repo / ".gitignore").read_text() + "/fixture/\n")
+    run_command(["git", "init", "-q", "-b", "main"], repo)
+    run_command(["git", "config", "user.email", "tests@example.com"], repo)
+    run_command(["git", "config", "user.name", "tests"], repo)
+    run_command(["git", "add", "-A"], repo)
+    run_command(["git", "commit", "-qm", "baseline"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh project repository, shared by the tests of one module."""
+    return make_project(tmp_path_factory.mktemp("repo"))

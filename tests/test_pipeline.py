@@ -1,0 +1,169 @@
+"""End to end: `dvc repro` of the whole DAG on fixture data, read back through DVC and MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.layout import variant_files
+from pipeline.params import load_params
+from tests.conftest import dvc, edit_params
+
+VARIANTS = ("plain", "bn")
+PER_EPOCH_METRICS = (
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "epoch_seconds",
+    "images_per_second",
+)
+
+
+@pytest.fixture(scope="module")
+def reproduced(project: Path) -> Path:
+    """The fixture project after one `dvc repro`."""
+    dvc(project, "repro")
+    return project
+
+
+def client_for(repo: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def runs_by_name(repo: Path) -> dict[str, list[mlflow.entities.Run]]:
+    client = client_for(repo)
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    runs: dict[str, list[mlflow.entities.Run]] = {}
+    for run in client.search_runs([experiment.experiment_id], order_by=["start_time ASC"]):
+        runs.setdefault(run.info.run_name, []).append(run)
+    return runs
+
+
+def wait_for_queue(repo: Path, timeout_seconds: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; returns the last status."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        status = dvc(repo, "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the DVC queue did not finish in {timeout_seconds} s:\n{status}")
+        time.sleep(3)
+
+
+def test_repro_writes_every_declared_output(reproduced: Path) -> None:
+    params = load_params(reproduced / "params.yaml")
+    for variant in VARIANTS:
+        files = variant_files(params.paths, variant)
+        for path in vars(files).values():
+            assert (reproduced / path).is_file(), path
+    for name in ("loss.png", "accuracy.png", "summary.md", "curves.csv", "summary.json"):
+        assert (reproduced / "comparison" / name).stat().st_size > 0
+    png = (reproduced / "comparison" / "accuracy.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    summary = (reproduced / "comparison" / "summary.md").read_text()
+    assert "| plain |" in summary and "| bn |" in summary
+
+
+def test_second_repro_runs_nothing(reproduced: Path) -> None:
+    result = dvc(reproduced, "repro")
+    assert "Running stage" not in result.stdout
+    assert "up to date" in result.stdout
+
+
+def test_changing_val_fraction_leaves_fetch_cached(reproduced: Path) -> None:
+    original = (reproduced / "params.yaml").read_text()
+    edit_params(reproduced, lambda values: values["data"].update(val_fraction=0.3))
+    try:
+        status = json.loads(dvc(reproduced, "status", "--json").stdout)
+    finally:
+        (reproduced / "params.yaml").write_text(original)
+    assert "normalize" in status
+    assert "fetch" not in status
+
+
+def test_metrics_and_plots_are_readable_by_dvc(reproduced: Path) -> None:
+    metrics = json.loads(dvc(reproduced, "metrics", "show", "--json").stdout)
+    (workspace,) = (revision["data"] for revision in metrics.values())
+    test_metrics = workspace["results/bn/test_metrics.json"]["data"]
+    assert 0 <= test_metrics["test_accuracy"] <= 1
+    assert set(test_metrics["per_class_accuracy"]) >= {"airplane", "truck"}
+    rendered = dvc(reproduced, "plots", "show", "--json").stdout
+    assert "Accuracy per epoch" in rendered
+    assert "results/bn/confusion.csv" in rendered
+
+
+def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
+    runs = runs_by_name(reproduced)
+    client = client_for(reproduced)
+    for variant in VARIANTS:
+        (run,) = runs[variant]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["variant"] == variant
+        assert len(run.data.tags["dataset_digest"]) == 64
+        assert run.data.params["train.batch_norm"] == str(variant == "bn")
+        assert run.data.params["train.learning_rate"] == "0.001"
+        assert run.data.params["train.augmentation.shear"] == "0.2"
+        for metric in PER_EPOCH_METRICS:
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert [point.step for point in history] == [1, 2], metric
+        assert "test_accuracy" in run.data.metrics
+        assert run.inputs.dataset_inputs[0].dataset.name == "cifar10"
+        artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+        assert {
+            "history.csv",
+            "learning_curves.png",
+            "test_metrics.json",
+            "confusion.png",
+        } <= artifacts
+    (compare,) = runs["compare"]
+    assert compare.data.tags["run.bn"] == runs["bn"][0].info.run_id
+
+
+def test_logged_model_predicts_raw_images_like_the_keras_file(reproduced: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{reproduced / 'mlflow.db'}")
+    (run,) = runs_by_name(reproduced)["bn"]
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
+    assert len(models) == 1
+    pyfunc = mlflow.pyfunc.load_model(models[0].model_uri)
+    images = np.load(reproduced / "data/raw/cifar10.npz")["x_test"][:5]
+    assert images.dtype == np.uint8
+    from_mlflow = np.asarray(pyfunc.predict(images))
+    from_file = keras.models.load_model(reproduced / "models/bn.keras").predict(images, verbose=0)
+    assert from_mlflow.shape == (5, 10)
+    assert np.allclose(from_mlflow, from_file, atol=1e-5)
+
+
+def test_queued_experiment_logs_into_the_same_store(reproduced: Path) -> None:
+    dvc(reproduced, "exp", "run", "--queue", "-n", "three-epochs", "-S", "train.epochs=3")
+    dvc(reproduced, "queue", "start")
+    status = wait_for_queue(reproduced)
+    assert "Success" in status and "Failed" not in status, status
+    runs = runs_by_name(reproduced)
+    for variant in VARIANTS:
+        assert len(runs[variant]) == 2, status
+        queued = runs[variant][-1]
+        assert queued.data.params["train.epochs"] == "3"
+        assert queued.data.tags["dvc_exp_name"] == "three-epochs"
+        assert queued.info.status == "FINISHED"
+    # The queued run worked in a copy of the repository; its store is the workspace's.
+    assert not list((reproduced / ".dvc/tmp").rglob("mlflow.db"))
+    with sqlite3.connect(reproduced / "mlflow.db") as connection:
+        (count,) = connection.execute("select count(*) from runs").fetchone()
+    assert count == 6  # plain, bn, compare, twice
