@@ -57,7 +57,7 @@ def write_text(target: Path, text: str) -> None:
 def write_npz(target: Path, **arrays: np.ndarray) -> None:
     """Write arrays to an uncompressed .npz, atomically (no pickle: object arrays refused)."""
     with atomic_path(target) as temporary, temporary.open("wb") as stream:
-        np.savez(stream, **arrays)
+        np.savez(stream, allow_pickle=False, **arrays)
 
 
 def read_npz(source: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.data.numpy_dataset import from_numpy
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
@@ -273,7 +274,7 @@ def _run(args: argparse.Namespace) -> None:
             }
         )
         mlflow.log_input(
-            mlflow.data.from_numpy(
+            from_numpy(
                 data.x_train[:1],
                 targets=data.y_train[:1],
                 source=str(provenance["source"]),
