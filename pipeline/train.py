@@ -258,12 +258,12 @@ def _run(args: argparse.Namespace) -> None:
     settings = params.variant(args.variant).model_copy(
         update={"learning_rate": float(tuned["learning_rate"])}
     )
+    experiment_id = tracking.connect(params.mlflow.experiment)  # fail fast, before loading
     stats = read_json(params.paths.normalization_stats)
     provenance = read_json(params.paths.provenance)
     data = training_data(read_npz(params.paths.prepared_dataset, PREPARED_KEYS), settings)
     raw_example = read_npz(params.paths.raw_dataset, ("x_train",))["x_train"][:2]
 
-    experiment_id = tracking.connect(params.mlflow.experiment)
     tags = tracking.run_tags(args.variant, provenance["sha256"], params.seed)
     with mlflow.start_run(experiment_id=experiment_id, run_name=args.variant, tags=tags) as run:
         run_id = run.info.run_id

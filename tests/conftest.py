@@ -20,20 +20,23 @@ PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignor
 DVC_FILES = (".gitignore", "config", "plots")
 
 
-def project_environment() -> dict[str, str]:
+def project_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment stages run in: this interpreter first on PATH, the local stores."""
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
     }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONHASHSEED"] = "0"
+    env.update(extra or {})
     return env
 
 
-def run_command(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_command(
+    args: list[str], cwd: Path, check: bool = True, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command in `cwd` with the project environment; show its output on failure."""
     result = subprocess.run(
-        args, cwd=cwd, env=project_environment(), capture_output=True, text=True
+        args, cwd=cwd, env=project_environment(extra_env), capture_output=True, text=True
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -12,11 +14,12 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from pipeline.layout import variant_files
 from pipeline.params import load_params
-from tests.conftest import dvc, edit_params
+from tests.conftest import dvc, edit_params, run_command
 
 VARIANTS = ("plain", "bn")
 PER_EPOCH_METRICS = (
@@ -150,6 +153,44 @@ def test_logged_model_predicts_raw_images_like_the_keras_file(reproduced: Path) 
     assert np.allclose(from_mlflow, from_file, atol=1e-5)
 
 
+def test_unreachable_tracking_server_is_one_clear_line(reproduced: Path) -> None:
+    model = reproduced / "models/bn.keras"
+    before = model.read_bytes()
+    result = run_command(
+        [sys.executable, "-m", "pipeline.train", "bn"],
+        reproduced,
+        check=False,
+        extra_env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},  # the discard port: closed
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unreachable" in errors[0] and "MLFLOW_TRACKING_URI" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert model.read_bytes() == before
+
+
+def test_diverging_training_fails_and_marks_the_run_failed(reproduced: Path) -> None:
+    elsewhere = reproduced / "diverging"
+    (elsewhere / "results/plain").mkdir(parents=True)
+    (elsewhere / "results/plain/tuned.json").write_text('{"learning_rate": 1e12, "source": "test"}')
+    params_file = elsewhere / "params.yaml"
+    values = yaml.safe_load((reproduced / "params.yaml").read_text())
+    values["paths"].update(results=str(elsewhere / "results"), models=str(elsewhere / "models"))
+    values["variants"]["plain"].update(optimizer="sgd", activation="relu")
+    params_file.write_text(yaml.safe_dump(values))
+    result = run_command(
+        [sys.executable, "-m", "pipeline.train", "plain", "--params", str(params_file)],
+        reproduced,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "error: training diverged: loss became nan" in result.stderr
+    assert not (elsewhere / "models").exists()
+    failed = [run for run in runs_by_name(reproduced)["plain"] if run.info.status == "FAILED"]
+    assert len(failed) == 1
+    shutil.rmtree(elsewhere)
+
+
 def test_queued_experiment_logs_into_the_same_store(reproduced: Path) -> None:
     dvc(reproduced, "exp", "run", "--queue", "-n", "three-epochs", "-S", "train.epochs=3")
     dvc(reproduced, "queue", "start")
@@ -157,8 +198,9 @@ def test_queued_experiment_logs_into_the_same_store(reproduced: Path) -> None:
     assert "Success" in status and "Failed" not in status, status
     runs = runs_by_name(reproduced)
     for variant in VARIANTS:
-        assert len(runs[variant]) == 2, status
-        queued = runs[variant][-1]
+        finished = [run for run in runs[variant] if run.info.status == "FINISHED"]
+        assert len(finished) == 2, status
+        queued = finished[-1]
         assert queued.data.params["train.epochs"] == "3"
         assert queued.data.tags["dvc_exp_name"] == "three-epochs"
         assert queued.info.status == "FINISHED"
@@ -166,4 +208,4 @@ def test_queued_experiment_logs_into_the_same_store(reproduced: Path) -> None:
     assert not list((reproduced / ".dvc/tmp").rglob("mlflow.db"))
     with sqlite3.connect(reproduced / "mlflow.db") as connection:
         (count,) = connection.execute("select count(*) from runs").fetchone()
-    assert count == 6  # plain, bn, compare, twice
+    assert count == 7  # plain, bn, compare, twice; and the diverged plain run
