@@ -131,8 +131,25 @@ class TuneParams(Section):
     pruner: PrunerParams = PrunerParams()
     storage: str | None = Field(
         default=None,
-        description="SQLAlchemy URL, 'journal:<file>', or None for optuna.db at the repo root",
+        description="None for optuna.journal at the repo root, 'journal:<file>', or an "
+        "SQLAlchemy URL (sqlite:///optuna.db, postgresql://user@host/db)",
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_is_a_url_or_journal(cls, storage: str | None) -> str | None:
+        if storage is None:
+            return None
+        if storage.startswith("journal:"):
+            if not storage.removeprefix("journal:"):
+                raise ValueError("journal: needs a file, e.g. journal:optuna.journal")
+            return storage
+        if "://" not in storage:
+            raise ValueError(
+                "must be journal:<file> or an SQLAlchemy URL such as sqlite:///optuna.db "
+                "or postgresql://user@host/db"
+            )
+        return storage
 
     @field_validator("lr_high")
     @classmethod

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -36,18 +40,40 @@ def connect(experiment_name: str) -> str:
         _check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
+        with _store_lock(uri):
+            experiment = mlflow.get_experiment_by_name(experiment_name)
+            if experiment is not None:
+                return experiment.experiment_id
+            location = None
+            if uri.startswith("sqlite:"):
+                location = (project_root() / ARTIFACTS_FOLDER).as_uri()
+            return mlflow.create_experiment(experiment_name, artifact_location=location)
+    except MlflowException as error:
+        # Another process (a parallel tuning worker) may have created it a moment ago.
         experiment = mlflow.get_experiment_by_name(experiment_name)
         if experiment is not None:
             return experiment.experiment_id
-        location = None
-        if uri.startswith("sqlite:"):
-            location = (project_root() / ARTIFACTS_FOLDER).as_uri()
-        return mlflow.create_experiment(experiment_name, artifact_location=location)
-    except MlflowException as error:
         raise PipelineError(
             f"MLflow store {uri} is not usable ({error.message.splitlines()[0]}); "
             "check MLFLOW_TRACKING_URI or delete a corrupt mlflow.db"
         ) from error
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """One process at a time while a local SQLite store is created or its experiment made.
+
+    Processes started together would otherwise race to create the store's tables (a
+    half-migrated store stays broken). A remote server serializes by itself.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _check_server(uri: str) -> None:

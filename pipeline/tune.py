@@ -1,32 +1,106 @@
-"""Stage `tune@<variant>`: choose the learning rate a variant trains with."""
+"""Stage `tune@<variant>`: choose the learning rate a variant trains with.
+
+With `tune.n_trials: 0` the configured learning rate passes through at once, without
+loading TensorFlow or the data. Otherwise the variant's Optuna study (pipeline/study.py)
+is run or continued until it holds `tune.n_trials` finished trials, and its best learning
+rate is written for `train`.
+
+`--n-trials` or `--storage` make the command a worker on the same study, outside DVC:
+it writes no stage output, only logs the study's state. Several workers, on one machine
+or many, cooperate on one study and stop together at the requested number of trials.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from pipeline.cli import add_common_arguments, run_stage
+from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.layout import variant_files
-from pipeline.params import load_params
+from pipeline.params import Params, load_params
+
+if TYPE_CHECKING:
+    from pipeline.study import StudySummary
 
 log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    """Entry point of `python -m pipeline.tune <variant>`."""
+    """Entry point of `python -m pipeline.tune <variant> [--n-trials N] [--storage URL]`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("variant", help="a key of `variants` in params.yaml")
+    parser.add_argument(
+        "--n-trials",
+        type=_positive_int,
+        help="work on the study until it has this many finished (complete or pruned) trials; "
+        "writes no tuned.json",
+    )
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage instead of tune.storage: an SQLAlchemy URL "
+        "(postgresql://user@host/db) or journal:<file>; writes no tuned.json",
+    )
     add_common_arguments(parser)
-    run_stage(_run, parser.parse_args())
+    args = parser.parse_args()
+    # DVC, schedulers and `kill` stop a stage with SIGTERM: end like Ctrl-C, so the running
+    # trial is recorded as FAIL (and rerun later) instead of being left RUNNING.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_stage(_run, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     settings = params.variant(args.variant)
+    worker = args.n_trials is not None or args.storage is not None
+    n_trials = args.n_trials if args.n_trials is not None else params.tune.n_trials
     files = variant_files(params.paths, args.variant)
-    write_json(files.tuned, {"learning_rate": settings.learning_rate, "source": "params"})
-    log.info("%s: learning rate %g from params.yaml", args.variant, settings.learning_rate)
+    if n_trials == 0 and not worker:
+        write_json(files.tuned, {"learning_rate": settings.learning_rate, "source": "params"})
+        log.info("%s: learning rate %g from params.yaml", args.variant, settings.learning_rate)
+        return
+    if n_trials == 0:
+        raise PipelineError("nothing to tune: pass --n-trials N or set tune.n_trials")
+    summary = _tune(params, args.variant, n_trials, args.storage or params.tune.storage)
+    if worker:
+        log.info("%s: %s", args.variant, summary.describe())
+        return
+    write_json(files.tuned, summary.tuned())
+    log.info("%s: %s", args.variant, summary.describe())
+
+
+def _tune(params: Params, variant: str, n_trials: int, storage: str | None) -> StudySummary:
+    """Run the variant's study; TensorFlow and Optuna are imported only here."""
+    import optuna
+
+    from pipeline import study
+
+    # Optuna's messages go through the stage's logging set-up, like every other message.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    settings = study.trial_settings(params, variant)
+    data = study.load_tuning_data(
+        params.paths.prepared_dataset, settings, params.tune.subset, params.seed
+    )
+    return study.run_study(params, variant, data, n_trials, study.storage_url(storage))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,523 @@
+"""Learning-rate tuning: real Optuna storages and MLflow stores in tmp_path, tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from pipeline import study as tuning
+from pipeline.errors import PipelineError
+from pipeline.files import read_json, write_npz
+from pipeline.params import Params
+from pipeline.train import TrainingData
+from tests.conftest import PROJECT_ROOT, dvc, make_project, project_environment
+
+VARIANT = "plain"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FAST = tuning.Timing(heartbeat_seconds=1.0, stale_seconds=60.0, poll_seconds=0.5)
+OPTUNA_CLI = Path(sys.executable).parent / "optuna"
+
+
+def tiny_data(n_train: int = 40, n_val: int = 20) -> TrainingData:
+    """Noisy images with one colour per class: learnable in a couple of epochs."""
+    palette = np.random.default_rng(1234).normal(size=(10, 3)) * 1.5
+
+    def images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % 10
+        noise = 0.5 * np.random.default_rng(seed).normal(size=(n, 32, 32, 3))
+        x = (palette[labels][:, None, None, :] + noise).astype(np.float32)
+        return x, labels.astype(np.uint8)
+
+    return TrainingData(*images(n_train, 0), *images(n_val, 1))
+
+
+def tiny_values(**tune: Any) -> dict[str, Any]:
+    """params.yaml values for a few-second trial: 2 epochs of 32 images, batch 8."""
+    return {
+        "seed": 3,
+        "train": {
+            "batch_size": 8,
+            "epochs": 1,
+            "augmentation": {"shear": 0.0, "zoom": 0.0, "horizontal_flip": False},
+        },
+        "variants": {VARIANT: {"batch_norm": True}},
+        "tune": {"n_trials": 3, "epochs": 2, "subset": 32, "lr_low": 1e-4, "lr_high": 1e-1, **tune},
+    }
+
+
+def tiny_params(**tune: Any) -> Params:
+    return Params.model_validate(tiny_values(**tune))
+
+
+def write_project(root: Path, **tune: Any) -> Path:
+    """A folder with params.yaml and a prepared dataset, as `normalize` leaves it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_values(**tune), sort_keys=False))
+    data = tiny_data()
+    write_npz(
+        root / "data/prepared/cifar10.npz",
+        x_train=data.x_train,
+        y_train=data.y_train,
+        x_val=data.x_val,
+        y_val=data.y_val,
+        x_test=data.x_val,
+        y_test=data.y_val,
+        class_names=np.array([f"class{index}" for index in range(10)]),
+    )
+    return root
+
+
+def environment(mlflow_db: Path) -> dict[str, str]:
+    """The environment of a stage subprocess, logging to `mlflow_db`."""
+    env = project_environment()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{mlflow_db}"
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    return env
+
+
+@pytest.fixture
+def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """MLflow at tmp_path/mlflow.db and the project root at tmp_path (default journal there)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def load(storage: str, params: Params, data: TrainingData) -> optuna.Study:
+    """The study `run_study` works on, read back through Optuna's API."""
+    spec = tuning.StudySpec(
+        VARIANT,
+        tuning.trial_settings(params, VARIANT),
+        params.tune,
+        params.seed,
+        tuning.data_digest(data),
+    )
+    return optuna.load_study(study_name=spec.name, storage=tuning.open_storage(storage))
+
+
+def states(study: optuna.Study) -> list[TrialState]:
+    return [trial.state for trial in study.get_trials(deepcopy=False)]
+
+
+# --- without training -------------------------------------------------------------------
+
+
+def test_tuning_off_passes_the_rate_through_without_tensorflow(tmp_path: Path) -> None:
+    values = tiny_values(n_trials=0)
+    values["variants"][VARIANT]["learning_rate"] = 0.0042
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    check = (
+        "import sys; sys.argv = ['tune', 'plain']; from pipeline.tune import main; main(); "
+        "assert 'tensorflow' not in sys.modules and 'optuna' not in sys.modules, 'imported'"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=tmp_path,
+        env=environment(tmp_path / "mlflow.db"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "data").exists()  # no prepared dataset was needed
+    tuned = read_json(tmp_path / "results" / VARIANT / "tuned.json")
+    assert tuned == {"learning_rate": 0.0042, "source": "params"}
+    assert not (tmp_path / "optuna.journal").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_study_name_follows_the_search_configuration() -> None:
+    params = tiny_params()
+
+    def name(params: Params, variant: str = VARIANT, digest: str = "d") -> str:
+        settings = tuning.trial_settings(params, variant)
+        return tuning.StudySpec(variant, settings, params.tune, params.seed, digest).name
+
+    base = name(params)
+    assert base.startswith("plain-lr-") and len(base) == len("plain-lr-") + 10
+    assert name(tiny_params()) == base
+    # What the search does not depend on: the trial count, the storage, train-only settings.
+    assert name(tiny_params(n_trials=50, storage="journal:elsewhere.journal")) == base
+    values = tiny_values()
+    values["train"].update(learning_rate=0.5, epochs=7)
+    assert name(Params.model_validate(values)) == base
+    # What it does depend on.
+    assert name(tiny_params(lr_high=0.5)) != base
+    assert name(tiny_params(epochs=3)) != base
+    assert name(tiny_params(subset=16)) != base
+    assert name(tiny_params(sampler_seed=1)) != base
+    assert name(tiny_params(pruner={"kind": "hyperband"})) != base
+    assert name(tiny_params(pruner={"n_startup_trials": 1})) != base
+    # ... but not on the settings of a pruner that is not used.
+    assert name(tiny_params(pruner={"reduction_factor": 4})) == base
+    values = tiny_values()
+    values["variants"][VARIANT]["batch_size"] = 16
+    assert name(Params.model_validate(values)) != base
+    assert name(params, digest="other data") != base
+    values = tiny_values()
+    values["variants"]["bn"] = {"batch_norm": True}
+    assert name(Params.model_validate(values), "bn").startswith("bn-lr-")
+
+
+def test_storage_is_anchored_at_the_project_root_and_shown_without_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tuning.storage_url(None) == f"journal:{tmp_path / 'optuna.journal'}"
+    assert tuning.storage_url("journal:studies/lr.journal") == (
+        f"journal:{tmp_path / 'studies/lr.journal'}"
+    )
+    assert tuning.storage_url("journal:/abs/lr.journal") == "journal:/abs/lr.journal"
+    assert tuning.storage_url("sqlite:///optuna.db") == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert tuning.storage_url("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
+    url = "postgresql://tuner:s3cret@db.example:5432/optuna"
+    assert tuning.storage_url(url) == url
+    assert tuning.describe_storage(url) == "postgresql://tuner:***@db.example:5432/optuna"
+    assert tuning.storage_kind(url) == "postgresql"
+    assert tuning.storage_kind(tuning.storage_url(None)) == "journal"
+    with pytest.raises(PipelineError, match="optuna.db' is a directory|not usable"):
+        (tmp_path / "optuna.db").mkdir()
+        tuning.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_storage_setting_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="journal:<file> or an SQLAlchemy URL"):
+        tiny_params(storage="optuna.db")
+    assert tiny_params(storage="journal:x.journal").tune.storage == "journal:x.journal"
+
+
+def test_tuning_subset_is_stratified_seeded_and_exact() -> None:
+    labels = np.repeat(np.arange(10), [100] * 5 + [50] * 5)  # two class sizes
+    chosen = tuning.tuning_subset(labels, 300, seed=1)
+    assert len(chosen) == 300 and len(set(chosen)) == 300
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert list(counts) == [40] * 5 + [20] * 5  # each class in proportion
+    assert np.array_equal(chosen, tuning.tuning_subset(labels, 300, seed=1))
+    assert not np.array_equal(chosen, tuning.tuning_subset(labels, 300, seed=2))
+    assert np.array_equal(tuning.tuning_subset(labels, None, seed=1), np.arange(len(labels)))
+    assert len(tuning.tuning_subset(labels, 5000, seed=1)) == len(labels)
+
+
+def test_a_crashing_trial_fails_and_the_study_goes_on(
+    stores: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAIL does not count toward n_trials; three failures in a row stop with one error line."""
+    calls = []
+
+    def crash_first(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1 or len(calls) > 2:
+            raise RuntimeError("out of memory")
+        return real_train_model(*args, **kwargs)
+
+    real_train_model = tuning.train_model
+    monkeypatch.setattr(tuning, "train_model", crash_first)
+    params, data = tiny_params(), tiny_data()
+    storage = tuning.storage_url(None)
+    summary = tuning.run_study(params, VARIANT, data, 1, storage, FAST)
+    assert (summary.complete, summary.failed) == (1, 1)
+    study = load(storage, params, data)
+    assert states(study) == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["error"] == "RuntimeError: out of memory"
+
+    with pytest.raises(PipelineError, match="3 trials in a row failed.*out of memory"):
+        tuning.run_study(params, VARIANT, data, 2, storage, FAST)
+    assert states(study)[2:] == [TrialState.FAIL] * 3
+
+
+# --- one study through the stage ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`python -m pipeline.tune plain` (in this process) with tune.n_trials 3."""
+    root = write_project(tmp_path_factory.mktemp("tuned"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("DVC_ROOT", raising=False)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setattr(sys, "argv", ["pipeline.tune", VARIANT])
+        from pipeline.tune import main
+
+        main()
+        yield root
+
+
+def read_study(root: Path) -> optuna.Study:
+    tuned = read_json(root / "results" / VARIANT / "tuned.json")
+    return optuna.load_study(
+        study_name=tuned["study"], storage=tuning.open_storage(f"journal:{tuned['storage']}")
+    )
+
+
+def test_stage_writes_the_best_rate_and_a_summary(tuned_project: Path) -> None:
+    tuned = read_json(tuned_project / "results" / VARIANT / "tuned.json")
+    study = read_study(tuned_project)
+    assert tuned["storage"] == str(tuned_project / "optuna.journal")
+    assert tuned["source"] == "optuna"
+    assert tuned["learning_rate"] == study.best_params["learning_rate"]
+    assert tuned["best_value"] == study.best_value
+    assert tuned["best_trial"] == study.best_trial.number
+    assert tuned["n_trials"] == 3
+    assert tuned["trials"] == {"complete": 3, "pruned": 0, "failed": 0}
+    assert [trial.number for trial in study.trials] == [0, 1, 2]
+    assert all(1e-4 <= trial.params["learning_rate"] <= 1e-1 for trial in study.trials)
+    # Each epoch's val_accuracy was reported for pruning (steps are 0-based epochs).
+    assert all(sorted(trial.intermediate_values) == [0, 1] for trial in study.trials)
+    configuration = study.user_attrs["configuration"]
+    assert configuration["search"]["epochs"] == 2 and configuration["variant"] == VARIANT
+
+
+def test_study_is_readable_by_the_optuna_cli(tuned_project: Path) -> None:
+    tuned = read_json(tuned_project / "results" / VARIANT / "tuned.json")
+    storage = ["--storage", tuned["storage"]]
+    named = ["--study-name", tuned["study"], *storage, "-f", "json"]
+
+    def cli(*args: str) -> Any:
+        result = subprocess.run(
+            [str(OPTUNA_CLI), *args], capture_output=True, text=True, cwd=tuned_project
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    (listed,) = cli("studies", *storage, "-f", "json")
+    assert listed["name"] == tuned["study"] and listed["n_trials"] == 3
+    trials = cli("trials", *named)
+    assert [trial["state"] for trial in trials] == ["COMPLETE"] * 3
+    best = cli("best-trial", *named)
+    assert best["number"] == tuned["best_trial"]
+    assert best["params"]["learning_rate"] == pytest.approx(tuned["learning_rate"])
+
+
+def test_mlflow_holds_a_parent_run_and_a_child_per_trial(tuned_project: Path) -> None:
+    tuned = read_json(tuned_project / "results" / VARIANT / "tuned.json")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tuned_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.info.run_name == f"tune-{VARIANT}"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId")]
+    assert len(runs) == 4 and len(children) == 3
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["variant"] == VARIANT
+    assert parent.data.tags["optuna_study"] == tuned["study"]
+    assert parent.data.tags["optuna_storage_kind"] == "journal"
+    metrics = parent.data.metrics
+    assert metrics["best_value"] == pytest.approx(tuned["best_value"])
+    assert metrics["best_learning_rate"] == pytest.approx(tuned["learning_rate"])
+    assert (metrics["n_complete"], metrics["n_pruned"], metrics["n_failed"]) == (3, 0, 0)
+    assert parent.data.params["tune.epochs"] == "2"
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert {"optimization_history.png", "learning_rate_slice.png"} <= artifacts
+
+    study = read_study(tuned_project)
+    by_number = {int(run.data.tags["optuna_trial_number"]): run for run in children}
+    assert sorted(by_number) == [0, 1, 2]
+    for number, run in by_number.items():
+        trial = study.trials[number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna_study"] == tuned["study"]
+        assert run.data.tags["optuna_trial_state"] == "COMPLETE"
+        assert run.info.status == "FINISHED"
+        assert float(run.data.params["train.learning_rate"]) == pytest.approx(
+            trial.params["learning_rate"]
+        )
+        assert run.data.params["optuna.trial_number"] == str(number)
+        assert run.data.params["train.epochs"] == "2"
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [point.step for point in history] == [1, 2]
+        assert run.data.metrics["objective"] == pytest.approx(trial.value)
+
+
+def test_rerunning_a_finished_study_runs_no_trial(
+    tuned_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tuned = tuned_project / "results" / VARIANT / "tuned.json"
+    before = tuned.read_text()
+    tuned.unlink()
+    monkeypatch.chdir(tuned_project)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tuned_project / 'mlflow.db'}")
+    monkeypatch.setattr(sys, "argv", ["pipeline.tune", VARIANT])
+    from pipeline.tune import main
+
+    main()
+    assert tuned.read_text() == before
+    assert len(read_study(tuned_project).trials) == 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{tuned_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    assert len(client.search_runs([experiment.experiment_id])) == 4  # no new runs
+
+
+# --- trials and studies in this process ---------------------------------------------------
+
+
+def test_objective_on_a_fixed_trial() -> None:
+    params = tiny_params()
+    settings = tuning.trial_settings(params, VARIANT)
+    objective = tuning.Objective(tiny_data(), settings, params.seed, params.tune)
+    value = objective(optuna.trial.FixedTrial({"learning_rate": 1e-2}))
+    assert 0.0 <= value <= 1.0
+    # Training is seeded: the same trial gives the same value.
+    assert objective(optuna.trial.FixedTrial({"learning_rate": 1e-2})) == value
+
+
+def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(stores: Path) -> None:
+    values = tiny_values(lr_low=1e-3, lr_high=1e12, pruner={"kind": "none"})
+    values["variants"][VARIANT].update(optimizer="sgd", activation="relu", batch_norm=False)
+    params, data = Params.model_validate(values), tiny_data()
+    storage = tuning.storage_url(None)
+    study = tuning.open_study(
+        tuning.StudySpec(
+            VARIANT,
+            tuning.trial_settings(params, VARIANT),
+            params.tune,
+            params.seed,
+            tuning.data_digest(data),
+        ),
+        tuning.open_storage(storage),
+    )
+    study.enqueue_trial({"learning_rate": 1e12})
+    study.enqueue_trial({"learning_rate": 1e-2})
+    summary = tuning.run_study(params, VARIANT, data, 2, storage, FAST)
+    diverged, fine = study.trials
+    assert diverged.state == TrialState.PRUNED
+    assert "training diverged: loss became nan" in diverged.user_attrs["diverged"]
+    assert fine.state == TrialState.COMPLETE
+    assert summary.best_learning_rate == pytest.approx(1e-2)
+
+
+def test_median_pruner_stops_a_hopeless_trial(stores: Path) -> None:
+    values = tiny_values(
+        lr_low=1e-9, pruner={"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
+    )
+    values["variants"][VARIANT].update(activation="relu", optimizer="adam", batch_norm=False)
+    params, data, storage = Params.model_validate(values), tiny_data(), tuning.storage_url(None)
+    study = load_or_create(storage, params, data)
+    study.enqueue_trial({"learning_rate": 1e-3})  # val_accuracy 0.6 after one epoch
+    study.enqueue_trial({"learning_rate": 1e-9})  # learns nothing: below the median
+    tuning.run_study(params, VARIANT, data, 2, storage, FAST)
+    good, hopeless = study.trials
+    assert good.state == TrialState.COMPLETE
+    assert hopeless.state == TrialState.PRUNED
+    assert list(hopeless.intermediate_values) == [0]  # stopped after its first epoch
+
+
+def load_or_create(storage: str, params: Params, data: TrainingData) -> optuna.Study:
+    spec = tuning.StudySpec(
+        VARIANT,
+        tuning.trial_settings(params, VARIANT),
+        params.tune,
+        params.seed,
+        tuning.data_digest(data),
+    )
+    return tuning.open_study(spec, tuning.open_storage(storage))
+
+
+def test_an_interrupted_study_resumes_to_the_requested_count(stores: Path) -> None:
+    params, data = tiny_params(), tiny_data()
+    storage = tuning.storage_url(None)
+    assert tuning.run_study(params, VARIANT, data, 2, storage, FAST).complete == 2
+    # A worker killed mid-trial leaves a RUNNING trial with no heartbeat behind.
+    study = load_or_create(storage, params, data)
+    study.ask()
+    time.sleep(1.5)
+    resumed = tuning.run_study(
+        params, VARIANT, data, 3, storage, tuning.Timing(1.0, stale_seconds=1.0, poll_seconds=0.5)
+    )
+    assert (resumed.complete, resumed.failed) == (3, 1)
+    trials = study.get_trials(deepcopy=False)
+    assert [trial.number for trial in trials] == [0, 1, 2, 3]
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2 + [
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    rates = [trial.params["learning_rate"] for trial in trials if trial.state in FINISHED]
+    assert len(set(rates)) == 3  # no finished trial was repeated
+    # Asking again for 3 finished trials runs nothing.
+    assert tuning.run_study(params, VARIANT, data, 3, storage, FAST).complete == 3
+    assert len(study.get_trials(deepcopy=False)) == 4
+
+
+# --- parallel workers ---------------------------------------------------------------------
+
+
+def test_parallel_workers_share_one_study(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "project")
+    journal = tmp_path / "shared" / "lr.journal"
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.tune",
+        VARIANT,
+        "--n-trials",
+        "3",
+        "--storage",
+        f"journal:{journal}",
+    ]
+    env = environment(tmp_path / "mlflow.db")
+    workers = [
+        subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        text = stderr.decode()
+        assert worker.returncode == 0, text[-3000:]
+        for sign in ("Traceback", "error:", " ERROR ", "database is locked", "Forcibly"):
+            assert sign not in text, text[-3000:]
+    assert not (root / "results").exists()  # workers write no stage output
+    params = Params.model_validate(yaml.safe_load((root / "params.yaml").read_text()))
+    subset = tuning.subset_data(tiny_data(), params.tune.subset, params.seed)
+    study = load(f"journal:{journal}", params, subset)
+    trials = study.get_trials(deepcopy=False)
+    assert sum(trial.state in FINISHED for trial in trials) == 3
+    assert not [trial for trial in trials if trial.state == TrialState.RUNNING]
+    numbers = [trial.number for trial in trials]
+    assert numbers == list(range(len(trials)))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    ran = {int(run.data.tags["optuna_trial_number"]) for run in children}
+    assert ran >= {trial.number for trial in trials if trial.state in FINISHED}
+
+
+# --- the DAG --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_tunes_then_trains_with_the_tuned_rates(tmp_path: Path) -> None:
+    repo = make_project(tmp_path)
+    dvc(repo, "exp", "run", "-S", "tune.n_trials=2", "-S", "tune.epochs=1")
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    for variant in ("plain", "bn"):
+        tuned = read_json(repo / "results" / variant / "tuned.json")
+        assert tuned["source"] == "optuna"
+        assert tuned["trials"]["complete"] + tuned["trials"]["pruned"] == 2
+        trained = read_json(repo / "results" / variant / "train_metrics.json")
+        assert trained["learning_rate"] == pytest.approx(tuned["learning_rate"])
+        (train_run,) = [run for run in runs if run.info.run_name == variant]
+        assert train_run.data.params["train.learning_rate_source"] == "optuna"
+        assert [run for run in runs if run.info.run_name == f"tune-{variant}"]
+    assert (repo / "optuna.journal").is_file()
+    status = dvc(repo, "status").stdout
+    assert "changed" not in status, status
