@@ -40,7 +40,7 @@ shift || true
 case "$task" in
   setup) setup ;;
   pipeline) setup && dvc repro "$@" ;;
-  test) setup && python -m pytest "$@" ;;
+  test) setup && python -m pytest -n 2 --dist loadfile "$@" ;;  # one file per worker: module fixtures stay shared
   lint) setup && ruff check . && ruff format --check . ;;
   *)
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
