@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # headless: stages run under DVC, CI and on servers
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.files import atomic_path  # noqa: E402
 
@@ -38,6 +39,7 @@ def curves_figure(histories: Mapping[str, History], metric: str, title: str) -> 
             label=f"{name} validation",
         )
     axes.set(xlabel="epoch", ylabel=metric, title=title)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend()
     return figure
@@ -51,6 +53,7 @@ def learning_curves_figure(name: str, history: History) -> plt.Figure:
         axes.plot(epochs, [row[metric] for row in history], label="train")
         axes.plot(epochs, [row[f"val_{metric}"] for row in history], "--", label="validation")
         axes.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric}")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend()
     return figure
