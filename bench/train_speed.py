@@ -1,0 +1,155 @@
+"""Training throughput: the article's input setup against the pipeline's, in one process.
+
+    python bench/train_speed.py [--images 2048] [--repeats 3]
+
+Each configuration trains the same architecture on the same synthetic images (speed does not
+depend on pixel values). Configurations are interleaved and repeated, and the median images/s
+of each is reported with its ratio to the article's setup, next to the float32 matmul peak
+measured in the same run. Figures only: nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.model import build_model
+from pipeline.params import TrainParams
+from pipeline.train import TrainingData, make_datasets, make_optimizer
+
+# Multiply-accumulates of one forward pass of the article's CNN on a 32×32×3 image:
+# four 3×3 convolutions (32, 32, 64, 64 filters; two at 32×32, two at 16×16) and two dense.
+FORWARD_MACS = (
+    32 * 32 * 9 * (3 * 32 + 32 * 32) + 16 * 16 * 9 * (32 * 64 + 64 * 64) + 4096 * 128 + 128 * 10
+)
+# Training costs about three forward passes (forward, and two for the backward pass).
+TRAINING_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
+
+
+@dataclass
+class Setup:
+    """A configuration under test: `epoch()` trains one pass over the images."""
+
+    name: str
+    epoch: Callable[[], None]
+    images: int
+
+
+def article_setup(x: np.ndarray, y: np.ndarray, batch_norm: bool) -> Setup:
+    """The article's input: legacy ImageDataGenerator.flow + fit, batch 32, one-hot labels."""
+    # Keras 3 keeps the generator only under its private legacy package.
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    generator = ImageDataGenerator(shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
+    flow = generator.flow(x, keras.utils.to_categorical(y, 10), batch_size=32, seed=0)
+    model = build_model(TrainParams(batch_norm=batch_norm))
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(1e-3),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    steps = len(x) // 32
+
+    def epoch() -> None:
+        model.fit(flow, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    return Setup("article (ImageDataGenerator)", epoch, steps * 32)
+
+
+def pipeline_setup(name: str, x: np.ndarray, y: np.ndarray, settings: TrainParams) -> Setup:
+    """The pipeline's tf.data input (augmentation on the graph) and training step."""
+    data = TrainingData(x, y, x[:256], y[:256])
+    train, _, _ = make_datasets(data, settings, seed=0)
+    model = build_model(settings)
+    model.compile(
+        optimizer=make_optimizer(settings),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+    def epoch() -> None:
+        model.fit(train, epochs=1, verbose=0)
+
+    return Setup(name, epoch, len(x))
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Float32 matrix-product throughput of this process's TensorFlow, in GFLOP/s."""
+    a = tf.random.normal((size, size))
+    tf.matmul(a, a).numpy()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        tf.matmul(a, a).numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def main() -> None:
+    """Measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.images, 32, 32, 3)).astype(np.float32)
+    y = (np.arange(args.images) % 10).astype(np.uint8)
+    keras.utils.set_random_seed(0)
+    setups = []
+    for variant, batch_norm in (("plain", False), ("bn", True)):
+        setups += [
+            (variant, "a", article_setup(x, y, batch_norm)),
+            (
+                variant,
+                "b",
+                pipeline_setup("pipeline, defaults", x, y, TrainParams(batch_norm=batch_norm)),
+            ),
+            (
+                variant,
+                "c",
+                pipeline_setup(
+                    "pipeline, batch 128, lr x4",
+                    x,
+                    y,
+                    TrainParams(batch_norm=batch_norm, batch_size=128, learning_rate=4e-3),
+                ),
+            ),
+        ]
+    for _, _, setup in setups:  # warm-up: tracing and first-call allocations
+        setup.epoch()
+    speeds: dict[tuple[str, str], list[float]] = {(v, k): [] for v, k, _ in setups}
+    peaks = []
+    for _ in range(args.repeats):
+        peaks.append(matmul_gflops())
+        for variant, key, setup in setups:
+            started = time.perf_counter()
+            setup.epoch()
+            speeds[(variant, key)].append(setup.images / (time.perf_counter() - started))
+    peak = statistics.median(peaks)
+    limit = peak * 1e9 / TRAINING_FLOPS_PER_IMAGE
+    print(
+        f"float32 matmul peak: {peak:.0f} GFLOP/s (median of {args.repeats}); "
+        f"{TRAINING_FLOPS_PER_IMAGE / 1e6:.0f} MFLOP per training image "
+        f"-> arithmetic limit {limit:.0f} images/s"
+    )
+    print(f"{'variant':8} {'setup':32} {'median img/s':>12} {'x article':>10} {'of limit':>9}")
+    for variant, key, setup in setups:
+        median = statistics.median(speeds[(variant, key)])
+        article = statistics.median(speeds[(variant, "a")])
+        print(
+            f"{variant:8} {key}) {setup.name:29} {median:12.0f} {median / article:10.2f} "
+            f"{median / limit:9.0%}"
+        )
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS): {peak_rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
