@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> None:
     write_json(out["summary_json"], {row["variant"]: row for row in rows})
 
     experiment_id = tracking.connect(params.mlflow.experiment)
-    tags = {f"run.{name}": run_id for name, run_id in runs.items()}
+    tags = {**tracking.source_tags(), **{f"run.{name}": run_id for name, run_id in runs.items()}}
     with mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags):
         for row in rows:
             mlflow.log_metrics(

@@ -91,7 +91,17 @@ def _check_server(uri: str) -> None:
 
 def run_tags(variant: str, dataset_digest: str, seed: int) -> dict[str, str]:
     """Tags that tie a run to its variant, data, code and DVC experiment."""
-    tags = {"variant": variant, "dataset_digest": dataset_digest, "seed": str(seed)}
+    return {
+        "variant": variant,
+        "dataset_digest": dataset_digest,
+        "seed": str(seed),
+        **source_tags(),
+    }
+
+
+def source_tags() -> dict[str, str]:
+    """Tags that tie a run to the code and the DVC experiment that produced it."""
+    tags = {}
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

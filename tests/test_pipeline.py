@@ -204,6 +204,7 @@ def test_queued_experiment_logs_into_the_same_store(reproduced: Path) -> None:
         assert queued.data.params["train.epochs"] == "3"
         assert queued.data.tags["dvc_exp_name"] == "three-epochs"
         assert queued.info.status == "FINISHED"
+    assert runs["compare"][-1].data.tags["dvc_exp_name"] == "three-epochs"
     # The queued run worked in a copy of the repository; its store is the workspace's.
     assert not list((reproduced / ".dvc/tmp").rglob("mlflow.db"))
     with sqlite3.connect(reproduced / "mlflow.db") as connection:
