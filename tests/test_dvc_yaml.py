@@ -1,0 +1,42 @@
+"""dvc.yaml declares exactly the files pipeline/layout.py says each variant's stages write."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.layout import variant_files
+from pipeline.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_FILES = {
+    "tune": {"tuned"},
+    "train": {"model", "run", "learning_curves", "train_metrics", "history"},
+    "evaluate": {"confusion_png", "test_metrics", "confusion"},
+}
+
+
+def declared_paths(stage: dict[str, Any], variables: dict[str, str]) -> set[str]:
+    """The outs, metrics and plots of a `foreach` stage body, with ${...} filled in."""
+    paths = set()
+    for section in ("outs", "metrics", "plots"):
+        for entry in stage["do"].get(section, []):
+            template = entry if isinstance(entry, str) else next(iter(entry))
+            paths.add(re.sub(r"\$\{([^}]+)\}", lambda match: variables[match[1]], template))
+    return paths
+
+
+def test_per_variant_outputs_match_the_layout() -> None:
+    params = load_params(ROOT / "params.yaml")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for variant in params.variants:
+        files = variant_files(params.paths, variant)
+        variables = {"key": variant, **{f"paths.{k}": str(v) for k, v in params.paths}}
+        for stage, names in STAGE_FILES.items():
+            expected = {str(getattr(files, name)) for name in names}
+            assert declared_paths(stages[stage], variables) == expected, stage
+    every_file = {field for names in STAGE_FILES.values() for field in names}
+    assert every_file == set(vars(variant_files(params.paths, "any")))
