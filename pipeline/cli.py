@@ -20,6 +20,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def stage_parser(description: str | None, variant: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of a stage: `[variant] [--params FILE] [--debug]`."""
+    parser = argparse.ArgumentParser(description=description)
+    if variant:
+        parser.add_argument("variant", help="a key of `variants` in params.yaml")
+    add_common_arguments(parser)
+    return parser
+
+
 def run_stage(body: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
     """Run a stage body; a user error prints one line and exits 1, without a traceback."""
     logging.basicConfig(

@@ -11,7 +11,7 @@ from typing import Any
 import mlflow
 
 from pipeline import tracking
-from pipeline.cli import add_common_arguments, run_stage
+from pipeline.cli import run_stage, stage_parser
 from pipeline.figures import curves_figure, save
 from pipeline.files import atomic_path, read_json, write_json, write_text
 from pipeline.history import History, read_history
@@ -90,9 +90,7 @@ def long_curves(histories: dict[str, History]) -> list[dict[str, Any]]:
 
 def main() -> None:
     """Entry point of `python -m pipeline.compare`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_common_arguments(parser)
-    run_stage(_run, parser.parse_args())
+    run_stage(_run, stage_parser(__doc__).parse_args())
 
 
 def _run(args: argparse.Namespace) -> None:

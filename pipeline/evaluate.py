@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 
 from pipeline import tracking
-from pipeline.cli import add_common_arguments, run_stage
+from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.figures import confusion_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
@@ -59,10 +59,7 @@ def write_confusion_rows(
 
 def main() -> None:
     """Entry point of `python -m pipeline.evaluate <variant>`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("variant", help="a key of `variants` in params.yaml")
-    add_common_arguments(parser)
-    run_stage(_run, parser.parse_args())
+    run_stage(_run, stage_parser(__doc__, variant=True).parse_args())
 
 
 def _run(args: argparse.Namespace) -> None:

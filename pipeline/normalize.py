@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import add_common_arguments, run_stage
+from pipeline.cli import run_stage, stage_parser
 from pipeline.files import read_npz, write_json, write_npz
 from pipeline.params import NormalizeParams, load_params
 
@@ -111,9 +111,7 @@ def prepare(
 
 def main() -> None:
     """Entry point of `python -m pipeline.normalize`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_common_arguments(parser)
-    run_stage(_run, parser.parse_args())
+    run_stage(_run, stage_parser(__doc__).parse_args())
 
 
 def _run(args: argparse.Namespace) -> None:

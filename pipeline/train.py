@@ -18,7 +18,7 @@ from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
 from pipeline import tracking
-from pipeline.cli import add_common_arguments, run_stage
+from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.figures import learning_curves_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
@@ -245,10 +245,7 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     """Entry point of `python -m pipeline.train <variant>`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("variant", help="a key of `variants` in params.yaml")
-    add_common_arguments(parser)
-    run_stage(_run, parser.parse_args())
+    run_stage(_run, stage_parser(__doc__, variant=True).parse_args())
 
 
 def _run(args: argparse.Namespace) -> None:
