@@ -95,16 +95,21 @@ def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def load(storage: str, params: Params, data: TrainingData) -> optuna.Study:
-    """The study `run_study` works on, read back through Optuna's API."""
-    spec = tuning.StudySpec(
+def study_spec(params: Params, data: TrainingData) -> tuning.StudySpec:
+    """The spec of the test variant's study on `data`."""
+    return tuning.StudySpec(
         VARIANT,
         tuning.trial_settings(params, VARIANT),
         params.tune,
         params.seed,
         tuning.data_digest(data),
     )
-    return optuna.load_study(study_name=spec.name, storage=tuning.open_storage(storage))
+
+
+def load(storage: str, params: Params, data: TrainingData) -> optuna.Study:
+    """The study `run_study` works on, read back through Optuna's API."""
+    name = study_spec(params, data).name
+    return optuna.load_study(study_name=name, storage=tuning.open_storage(storage))
 
 
 def states(study: optuna.Study) -> list[TrialState]:
@@ -418,14 +423,7 @@ def test_median_pruner_stops_a_hopeless_trial(stores: Path) -> None:
 
 
 def load_or_create(storage: str, params: Params, data: TrainingData) -> optuna.Study:
-    spec = tuning.StudySpec(
-        VARIANT,
-        tuning.trial_settings(params, VARIANT),
-        params.tune,
-        params.seed,
-        tuning.data_digest(data),
-    )
-    return tuning.open_study(spec, tuning.open_storage(storage))
+    return tuning.open_study(study_spec(params, data), tuning.open_storage(storage))
 
 
 def test_an_interrupted_study_resumes_to_the_requested_count(stores: Path) -> None:
