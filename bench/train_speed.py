@@ -1,11 +1,12 @@
 """Training throughput: the article's input setup against the pipeline's, in one process.
 
-    python bench/train_speed.py [--images 2048] [--repeats 3]
+    python bench/train_speed.py [--images 2048] [--repeats 3] [--all]
 
 Each configuration trains the same architecture on the same synthetic images (speed does not
 depend on pixel values). Configurations are interleaved and repeated, and the median images/s
 of each is reported with its ratio to the article's setup, next to the float32 matmul peak
-measured in the same run. Figures only: nothing here passes or fails.
+measured in the same run. `--all` adds the speed options that are slower on CPUs without
+native bfloat16 (XLA, mixed precision). Figures only: nothing here passes or fails.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import tensorflow as tf
 
 from pipeline.model import build_model
-from pipeline.params import TrainParams
-from pipeline.train import TrainingData, make_datasets, make_optimizer
+from pipeline.params import SpeedParams, TrainParams
+from pipeline.train import MlflowEpochMetrics, TrainingData, make_datasets, make_optimizer
 
 # Multiply-accumulates of one forward pass of the article's CNN on a 32×32×3 image:
 # four 3×3 convolutions (32, 32, 64, 64 filters; two at 32×32, two at 16×16) and two dense.
@@ -64,21 +69,74 @@ def article_setup(x: np.ndarray, y: np.ndarray, batch_norm: bool) -> Setup:
     return Setup("article (ImageDataGenerator)", epoch, steps * 32)
 
 
-def pipeline_setup(name: str, x: np.ndarray, y: np.ndarray, settings: TrainParams) -> Setup:
+def pipeline_setup(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: TrainParams,
+    callbacks: list[Any] | None = None,
+) -> Setup:
     """The pipeline's tf.data input (augmentation on the graph) and training step."""
     data = TrainingData(x, y, x[:256], y[:256])
     train, _, _ = make_datasets(data, settings, seed=0)
-    model = build_model(settings)
+    model = build_model(settings, mixed_precision=settings.speed.mixed_precision)
     model.compile(
         optimizer=make_optimizer(settings),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=settings.speed.jit_compile,
     )
 
     def epoch() -> None:
-        model.fit(train, epochs=1, verbose=0)
+        model.fit(train, epochs=1, verbose=0, callbacks=callbacks)
 
     return Setup(name, epoch, len(x))
+
+
+def mlflow_logging(store: Path, name: str) -> list[Any]:
+    """The training stage's per-epoch MLflow logging, into a throwaway SQLite store."""
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run = client.create_run(client.create_experiment(name), run_name=name)
+    return [MlflowEpochMetrics(client, run.info.run_id)]
+
+
+def configurations(
+    x: np.ndarray, y: np.ndarray, store: Path, include_slow: bool
+) -> list[tuple[str, str, Setup]]:
+    """(variant, key, setup) for each variant; key "a" is the article's setup."""
+    setups = []
+    for variant, batch_norm in (("plain", False), ("bn", True)):
+        defaults = TrainParams(batch_norm=batch_norm)
+        setups += [
+            (variant, "a", article_setup(x, y, batch_norm)),
+            (variant, "b", pipeline_setup("pipeline, defaults", x, y, defaults)),
+            (
+                variant,
+                "b+",
+                pipeline_setup(
+                    "defaults + MLflow logging", x, y, defaults, mlflow_logging(store, variant)
+                ),
+            ),
+            (
+                variant,
+                "c",
+                pipeline_setup(
+                    "batch 128, lr x4",
+                    x,
+                    y,
+                    defaults.model_copy(update={"batch_size": 128, "learning_rate": 4e-3}),
+                ),
+            ),
+        ]
+        if include_slow:
+            for key, name, speed in (
+                ("d", "XLA (jit_compile)", SpeedParams(jit_compile=True)),
+                ("e", "mixed_bfloat16", SpeedParams(mixed_precision=True)),
+            ):
+                settings = defaults.model_copy(update={"speed": speed})
+                setups.append((variant, key, pipeline_setup(name, x, y, settings)))
+    return setups
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -96,32 +154,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--all", action="store_true", help="also XLA and mixed precision")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.images, 32, 32, 3)).astype(np.float32)
     y = (np.arange(args.images) % 10).astype(np.uint8)
     keras.utils.set_random_seed(0)
-    setups = []
-    for variant, batch_norm in (("plain", False), ("bn", True)):
-        setups += [
-            (variant, "a", article_setup(x, y, batch_norm)),
-            (
-                variant,
-                "b",
-                pipeline_setup("pipeline, defaults", x, y, TrainParams(batch_norm=batch_norm)),
-            ),
-            (
-                variant,
-                "c",
-                pipeline_setup(
-                    "pipeline, batch 128, lr x4",
-                    x,
-                    y,
-                    TrainParams(batch_norm=batch_norm, batch_size=128, learning_rate=4e-3),
-                ),
-            ),
-        ]
+    store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
+    setups = configurations(x, y, store, args.all)
     for _, _, setup in setups:  # warm-up: tracing and first-call allocations
         setup.epoch()
     speeds: dict[tuple[str, str], list[float]] = {(v, k): [] for v, k, _ in setups}
@@ -144,9 +185,12 @@ def main() -> None:
         median = statistics.median(speeds[(variant, key)])
         article = statistics.median(speeds[(variant, "a")])
         print(
-            f"{variant:8} {key}) {setup.name:29} {median:12.0f} {median / article:10.2f} "
-            f"{median / limit:9.0%}"
+            f"{variant:8} {key + ')':3} {setup.name:28} {median:12.0f} "
+            f"{median / article:10.2f} {median / limit:9.0%}"
         )
+    for variant in ("plain", "bn"):
+        on, off = (statistics.median(speeds[(variant, key)]) for key in ("b+", "b"))
+        print(f"MLflow logging overhead, {variant}: {1 - on / off:+.1%} images/s")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak_rss:.0f} MB")
 

@@ -43,6 +43,8 @@ BINARY_META = "batches.meta.txt"
 BINARY_TRAIN = tuple(f"data_batch_{number}.bin" for number in range(1, 6))
 BINARY_TEST = "test_batch.bin"
 BINARY_FILES = frozenset((BINARY_META, *BINARY_TRAIN, BINARY_TEST))
+# The python release's pickled batches: recognized only to refuse them with a useful message.
+PICKLED_BATCHES = frozenset(("batches.meta", "data_batch_1", "test_batch"))
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 LAYOUT = (
     "the CIFAR-10 binary release (cifar-10-binary.tar.gz or its cifar-10-batches-bin/ folder) "
@@ -259,6 +261,12 @@ class _Collector:
             return _decode_binary(self.source, self.binary)
         if self.images:
             return self._class_folder()
+        if any(name.split("/")[-1] in PICKLED_BATCHES for name in self.ignored):
+            raise PipelineError(
+                f"{self.source} is CIFAR-10's python release, whose batches are pickles: "
+                "loading a pickle can run arbitrary code, so it is refused. Use the binary "
+                f"release instead (data.source: official) or {LAYOUT}"
+            )
         raise PipelineError(f"{self.source} holds no CIFAR-10 images: expected {LAYOUT}")
 
     def _class_folder(self) -> DecodedDataset:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline import cli
 from pipeline.datasets import DecodedDataset, container_kind, read_source
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, write_json, write_npz
+from pipeline.files import atomic_path, write_npz_and_json
 from pipeline.layout import project_root
 from pipeline.params import DataParams, load_params
 
@@ -252,15 +252,14 @@ def run(args: argparse.Namespace) -> None:
         params.data, params.seed, project_root() / params.paths.download_cache
     )
     # Both outputs are written only now, so a failed fetch leaves earlier ones untouched.
-    write_npz(
-        params.paths.raw_dataset,
-        x_train=dataset.x_train,
-        y_train=dataset.y_train,
-        x_test=dataset.x_test,
-        y_test=dataset.y_test,
-        class_names=np.array(dataset.class_names, dtype=str),
-    )
-    write_json(params.paths.provenance, provenance)
+    arrays = {
+        "x_train": dataset.x_train,
+        "y_train": dataset.y_train,
+        "x_test": dataset.x_test,
+        "y_test": dataset.y_test,
+        "class_names": np.array(dataset.class_names, dtype=str),
+    }
+    write_npz_and_json(params.paths.raw_dataset, arrays, params.paths.provenance, provenance)
     log.info(
         "wrote %s (%d train, %d test images) and %s in %.1f s",
         params.paths.raw_dataset,

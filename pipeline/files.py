@@ -16,9 +16,30 @@ from pipeline.errors import PipelineError
 
 
 @contextlib.contextmanager
+def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each target; rename them over the targets only when
+    the block succeeds, so a failure leaves every target as it was."""
+    temporaries: list[Path] = []
+    try:
+        for target in map(Path, targets):
+            temporaries.append(_temporary_beside(target))
+        yield temporaries
+        for temporary, target in zip(temporaries, targets, strict=True):
+            temporary.replace(target)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it over `target` only on success."""
-    target = Path(target)
+    with atomic_paths(target) as (temporary,):
+        yield temporary
+
+
+def _temporary_beside(target: Path) -> Path:
+    """An empty file in the target's folder (so the final rename is atomic)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary_name = tempfile.mkstemp(
@@ -35,17 +56,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     temporary.chmod(0o666 & ~umask)
-    try:
-        yield temporary
-        temporary.replace(target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    return temporary
 
 
 def write_json(target: Path, payload: Any) -> None:
     """Write `payload` as indented JSON, atomically."""
     with atomic_path(target) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        _save_json(temporary, payload)
 
 
 def write_text(target: Path, text: str) -> None:
@@ -56,8 +73,26 @@ def write_text(target: Path, text: str) -> None:
 
 def write_npz(target: Path, **arrays: np.ndarray) -> None:
     """Write arrays to an uncompressed .npz, atomically (no pickle: object arrays refused)."""
-    with atomic_path(target) as temporary, temporary.open("wb") as stream:
+    with atomic_path(target) as temporary:
+        _save_npz(temporary, arrays)
+
+
+def write_npz_and_json(
+    npz_target: Path, arrays: dict[str, np.ndarray], json_target: Path, payload: Any
+) -> None:
+    """A stage's arrays and their report, committed together: on failure neither changes."""
+    with atomic_paths(npz_target, json_target) as (npz_temporary, json_temporary):
+        _save_npz(npz_temporary, arrays)
+        _save_json(json_temporary, payload)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as stream:
         np.savez(stream, allow_pickle=False, **arrays)
+
+
+def _save_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_npz(source: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

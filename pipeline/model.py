@@ -22,25 +22,30 @@ CONV_LAYERS = (
 )
 
 
-def build_model(settings: ModelSettings, num_classes: int = NUM_CLASSES) -> keras.Model:
+def build_model(
+    settings: ModelSettings, num_classes: int = NUM_CLASSES, mixed_precision: bool = False
+) -> keras.Model:
     """The article's architecture on normalized images; BN per `settings.batch_norm`.
 
     Activations are separate layers named `<layer>_act` so that pre-activations can be
     inspected; the function is the same as the article's `Conv2D(activation=...)`.
+    `mixed_precision` computes in bfloat16 with float32 weights (per layer, not Keras'
+    global policy, so that models built later in the same process are unaffected).
     """
+    dtype = "mixed_bfloat16" if mixed_precision else "float32"
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = inputs
     for index, (filters, initializer) in enumerate(CONV_LAYERS, start=1):
         name = f"conv{index}"
         x = keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer=initializer, name=name
+            filters, 3, padding="same", kernel_initializer=initializer, name=name, dtype=dtype
         )(x)
-        x = _activation_block(x, settings, name)
+        x = _activation_block(x, settings, name, dtype)
         if index % 2 == 0:
-            x = keras.layers.MaxPooling2D(2, name=f"pool{index // 2}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(128, kernel_initializer="he_uniform", name="dense")(x)
-    x = keras.layers.Activation(settings.activation, name="dense_act")(x)
+            x = keras.layers.MaxPooling2D(2, name=f"pool{index // 2}", dtype=dtype)(x)
+    x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
+    x = keras.layers.Dense(128, kernel_initializer="he_uniform", name="dense", dtype=dtype)(x)
+    x = keras.layers.Activation(settings.activation, name="dense_act", dtype=dtype)(x)
     # float32 softmax keeps the loss stable when the rest runs in mixed precision.
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="classifier"
@@ -48,12 +53,12 @@ def build_model(settings: ModelSettings, num_classes: int = NUM_CLASSES) -> kera
     return keras.Model(inputs, outputs, name="bn_cnn" if settings.batch_norm else "plain_cnn")
 
 
-def _activation_block(x: Any, settings: ModelSettings, name: str) -> Any:
+def _activation_block(x: Any, settings: ModelSettings, name: str, dtype: str) -> Any:
     """Activation, with BatchNormalization before or after it when the variant asks."""
-    activation = keras.layers.Activation(settings.activation, name=f"{name}_act")
+    activation = keras.layers.Activation(settings.activation, name=f"{name}_act", dtype=dtype)
     if not settings.batch_norm:
         return activation(x)
-    norm = keras.layers.BatchNormalization(name=f"{name}_bn")
+    norm = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)
     if settings.bn_position == "before_activation":
         return activation(norm(x))
     return norm(activation(x))

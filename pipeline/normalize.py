@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.cli import run_stage, stage_parser
-from pipeline.files import read_npz, write_json, write_npz
+from pipeline.errors import PipelineError
+from pipeline.files import read_npz, write_npz_and_json
 from pipeline.params import NormalizeParams, load_params
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,10 @@ def stratified_split(
     keep = np.ones(len(labels), dtype=bool)
     keep[held_out_indices] = False
     if not keep.any() or len(held_out_indices) == 0:
-        raise ValueError("the split leaves an empty training or validation set")
+        raise PipelineError(
+            f"data.val_fraction {fraction} of {len(labels)} training images leaves an empty "
+            "training or validation split: raise data.subset or change data.val_fraction"
+        )
     return np.flatnonzero(keep), held_out_indices
 
 
@@ -118,8 +122,9 @@ def _run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     raw = read_npz(params.paths.raw_dataset, RAW_KEYS)
     arrays, report = prepare(raw, params.normalize, params.data.val_fraction, params.seed)
-    write_npz(params.paths.prepared_dataset, **arrays)
-    write_json(params.paths.normalization_stats, report)
+    write_npz_and_json(
+        params.paths.prepared_dataset, arrays, params.paths.normalization_stats, report
+    )
     log.info(
         "normalized with %s: train %d, val %d, test %d images",
         report["method"],

@@ -81,6 +81,21 @@ class ModelSettings(Section):
     augmentation: AugmentationParams = AugmentationParams()
 
 
+class SpeedParams(Section):
+    """How training runs, not what it computes: README "Training speed" has each measured effect."""
+
+    jit_compile: bool = Field(default=False, description="compile the training step with XLA")
+    mixed_precision: bool = Field(
+        default=False, description="mixed_bfloat16: fast only on CPUs with native bfloat16"
+    )
+    intra_op_threads: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="threads inside one op; 0 lets TensorFlow use every core"
+    )
+    inter_op_threads: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="ops run at once; 0 lets TensorFlow decide"
+    )
+
+
 class TrainParams(ModelSettings):
     """Training settings shared by every variant, plus the article's quirks as options."""
 
@@ -92,6 +107,7 @@ class TrainParams(ModelSettings):
         default=1.0, description="share of the training split seen per epoch (article: 0.5)"
     )
     deterministic: bool = True
+    speed: SpeedParams = SpeedParams()
 
 
 class VariantOverrides(Section):

@@ -35,9 +35,8 @@ def connect(experiment_name: str) -> str:
     A new experiment keeps its artifacts beside the SQLite store (not in the working
     directory, which is a throw-away copy under `dvc exp run`).
     """
+    check_server()
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
         with _store_lock(uri):
@@ -57,6 +56,13 @@ def connect(experiment_name: str) -> str:
             f"MLflow store {uri} is not usable ({error.message.splitlines()[0]}); "
             "check MLFLOW_TRACKING_URI or delete a corrupt mlflow.db"
         ) from error
+
+
+def check_server() -> None:
+    """Fail fast when the store is a tracking server that does not answer; writes nothing."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
 
 
 @contextlib.contextmanager

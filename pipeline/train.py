@@ -26,7 +26,7 @@ from pipeline.history import HISTORY_FIELDS, History, write_history
 from pipeline.layout import variant_files
 from pipeline.model import augmentation_layers, build_model, export_model
 from pipeline.normalize import PREPARED_KEYS
-from pipeline.params import Params, TrainParams, load_params
+from pipeline.params import Params, SpeedParams, TrainParams, load_params
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,25 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def configure_threads(speed: SpeedParams) -> None:
+    """Size TensorFlow's thread pools; they can only change before TensorFlow first runs."""
+    wanted = (speed.intra_op_threads, speed.inter_op_threads)
+    current = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+    if wanted == current:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(speed.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(speed.inter_op_threads)
+    except RuntimeError as error:
+        raise PipelineError(
+            f"cannot change thread settings to {wanted} once TensorFlow has started "
+            f"(they are {current}); run one training configuration per process"
+        ) from error
 
 
 def make_datasets(
@@ -113,13 +132,15 @@ def train_model(
     data: TrainingData, settings: TrainParams, seed: int, callbacks: list[Any] | None = None
 ) -> TrainingResult:
     """Build, compile and fit one variant; raises PipelineError if the loss diverges."""
+    configure_threads(settings.speed)
     seed_everything(seed, settings.deterministic)
     train, validation, steps = make_datasets(data, settings, seed)
-    model = build_model(settings)
+    model = build_model(settings, mixed_precision=settings.speed.mixed_precision)
     model.compile(
         optimizer=make_optimizer(settings),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=settings.speed.jit_compile,
     )
     images_per_epoch = (steps * settings.batch_size) if steps else len(data.y_train)
     telemetry = EpochTelemetry(images_per_epoch)

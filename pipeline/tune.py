@@ -91,8 +91,9 @@ def _tune(params: Params, variant: str, n_trials: int, storage: str | None) -> S
     """Run the variant's study; TensorFlow and Optuna are imported only here."""
     import optuna
 
-    from pipeline import study
+    from pipeline import study, tracking
 
+    tracking.check_server()  # before the study's storage is created or data is loaded
     # Optuna's messages go through the stage's logging set-up, like every other message.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ from pipeline.datasets import DecodedDataset
 from pipeline.errors import PipelineError
 from pipeline.fetch import class_quotas, fetch_dataset, stratified_indices, subset_dataset
 from pipeline.params import DataParams
+from tests.conftest import Server
 from tests.sources import CIFAR10_CLASSES, write_binary_release, write_class_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -30,48 +27,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def md5(path: Path) -> str:
     """md5 of a file."""
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-@dataclass
-class Server:
-    """A loopback HTTP server over one folder, counting the requests it answers."""
-
-    root: Path
-    url: str
-    requests: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    """Serve tmp_path/served on 127.0.0.1 at a port the OS picks."""
-    for name in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    root = tmp_path / "served"
-    root.mkdir()
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # keep test output quiet
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Server(root, f"http://127.0.0.1:{httpd.server_address[1]}", requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
 
 
 def fetch(data: DataParams, tmp_path: Path, seed: int = 0) -> tuple[DecodedDataset, dict[str, Any]]:

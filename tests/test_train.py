@@ -1,16 +1,18 @@
-"""Training on tiny data: history, determinism, divergence."""
+"""Training on tiny data: history, determinism, divergence, speed options."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.history import HISTORY_FIELDS, read_history, write_history
-from pipeline.params import TrainParams
-from pipeline.train import TrainingData, final_metrics, train_model
+from pipeline.params import SpeedParams, TrainParams
+from pipeline.train import TrainingData, configure_threads, final_metrics, train_model
 
 
 def tiny_data(seed: int = 0, n: int = 64) -> TrainingData:
@@ -60,3 +62,35 @@ def test_non_finite_loss_fails_with_a_clear_message() -> None:
     exploding = settings(optimizer="sgd", learning_rate=1e12, activation="relu")
     with pytest.raises(PipelineError, match=r"training diverged: loss became nan at epoch 1"):
         train_model(tiny_data(), exploding, seed=0)
+
+
+@pytest.mark.parametrize("speed", [{"jit_compile": True}, {"mixed_precision": True}])
+def test_speed_options_train_to_finite_metrics(speed: dict[str, bool]) -> None:
+    result = train_model(tiny_data(), settings(epochs=1, speed=SpeedParams(**speed)), seed=0)
+
+    assert len(result.history) == 1
+    assert all(math.isfinite(value) for value in result.history[0].values())
+    conv = result.model.get_layer("conv1")
+    assert conv.compute_dtype == ("bfloat16" if speed.get("mixed_precision") else "float32")
+    assert conv.variable_dtype == "float32"
+
+
+def test_thread_settings_apply_before_tensorflow_starts() -> None:
+    script = (
+        "import tensorflow as tf\n"
+        "from pipeline.params import SpeedParams\n"
+        "from pipeline.train import configure_threads\n"
+        "configure_threads(SpeedParams(intra_op_threads=1, inter_op_threads=1))\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.split() == ["1", "1"]
+
+
+def test_thread_settings_cannot_change_once_tensorflow_runs() -> None:
+    train_model(tiny_data(), settings(), seed=0)  # TensorFlow is running from here on
+    with pytest.raises(PipelineError, match="once TensorFlow has started"):
+        configure_threads(SpeedParams(intra_op_threads=1))
