@@ -127,6 +127,9 @@ def storage_url(configured: str | None) -> str:
         path_and_query = configured.removeprefix("sqlite:///")
         if path_and_query and not path_and_query.startswith(("/", ":memory:")):
             return f"sqlite:///{root / path_and_query}"
+    if configured.startswith("postgresql://"):
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the project installs psycopg 3.
+        return "postgresql+psycopg://" + configured.removeprefix("postgresql://")
     return configured
 
 
@@ -170,7 +173,7 @@ def open_storage(url: str) -> BaseStorage:
         # Several local workers write to one file: wait for a lock instead of failing.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return _rdb_storage(url, engine_kwargs)
     except ImportError as error:
         raise PipelineError(
             f"no database driver for the Optuna storage {shown} ({error}); install it into "
@@ -183,6 +186,20 @@ def open_storage(url: str) -> BaseStorage:
             "--storage, that the database server is up, and the password (PGPASSWORD or "
             "~/.pgpass, never in params.yaml)"
         ) from error
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], retries: int = 4) -> RDBStorage:
+    """RDBStorage, retried while another worker is creating the same fresh database's tables
+    (workers started together on an empty PostgreSQL race to create them)."""
+    for attempt in range(1, retries + 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if "already exists" not in str(error):
+                raise
+            log.info("another worker is creating the Optuna tables; retrying in %d s", attempt)
+            time.sleep(attempt)
+    return RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 # ---------------------------------------------------------------------------------------
