@@ -4,7 +4,7 @@
 #   ./tasks.sh pipeline [dvc repro args]   set up, then run the pipeline (dvc repro)
 #   ./tasks.sh test [pytest args]          set up, then run the test suite (without `slow`)
 #   ./tasks.sh setup                       only set up
-#   ./tasks.sh lint                        ruff check + format check
+#   ./tasks.sh lint                        ruff check + format check + mypy
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -41,7 +41,7 @@ case "$task" in
   setup) setup ;;
   pipeline) setup && dvc repro "$@" ;;
   test) setup && python -m pytest -n 2 --dist loadfile "$@" ;;  # one file per worker: module fixtures stay shared
-  lint) setup && ruff check . && ruff format --check . ;;
+  lint) setup && ruff check . && ruff format --check . && mypy pipeline bench tests ;;
   *)
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     exit 2

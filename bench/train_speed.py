@@ -1,12 +1,12 @@
 """Training throughput: the article's input setup against the pipeline's, in one process.
 
-    python bench/train_speed.py [--images 2048] [--repeats 3] [--all]
+    python bench/train_speed.py [--images 2048] [--repeats 3] [--xla] [--bf16]
 
 Each configuration trains the same architecture on the same synthetic images (speed does not
 depend on pixel values). Configurations are interleaved and repeated, and the median images/s
 of each is reported with its ratio to the article's setup, next to the float32 matmul peak
-measured in the same run. `--all` adds the speed options that are slower on CPUs without
-native bfloat16 (XLA, mixed precision). Figures only: nothing here passes or fails.
+measured in the same run. `--xla` and `--bf16` add the speed options `train.speed.jit_compile`
+and `train.speed.mixed_precision`. Figures only: nothing here passes or fails.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def mlflow_logging(store: Path, name: str) -> list[Any]:
 
 
 def configurations(
-    x: np.ndarray, y: np.ndarray, store: Path, include_slow: bool
+    x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: bool
 ) -> list[tuple[str, str, Setup]]:
     """(variant, key, setup) for each variant; key "a" is the article's setup."""
     setups = []
@@ -129,14 +129,26 @@ def configurations(
                 ),
             ),
         ]
-        if include_slow:
-            for key, name, speed in (
-                ("d", "XLA (jit_compile)", SpeedParams(jit_compile=True)),
-                ("e", "mixed_bfloat16", SpeedParams(mixed_precision=True)),
-            ):
+        for wanted, key, name, speed in (
+            (xla, "d", "XLA (jit_compile)", SpeedParams(jit_compile=True)),
+            (bf16, "e", "mixed_bfloat16", SpeedParams(mixed_precision=True)),
+        ):
+            if wanted:
                 settings = defaults.model_copy(update={"speed": speed})
                 setups.append((variant, key, pipeline_setup(name, x, y, settings)))
     return setups
+
+
+def input_pipeline_speed(x: np.ndarray, y: np.ndarray, repeats: int) -> float:
+    """Images/s of the default training input pipeline alone (shuffle, batch, augment)."""
+    train, _, _ = make_datasets(TrainingData(x, y, x[:256], y[:256]), TrainParams(), seed=0)
+    for _ in train:  # warm-up
+        pass
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for _ in train:
+            pass
+    return repeats * len(x) / (time.perf_counter() - started)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -154,7 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--all", action="store_true", help="also XLA and mixed precision")
+    parser.add_argument("--xla", action="store_true", help="also train.speed.jit_compile")
+    parser.add_argument("--bf16", action="store_true", help="also train.speed.mixed_precision")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -162,7 +175,7 @@ def main() -> None:
     y = (np.arange(args.images) % 10).astype(np.uint8)
     keras.utils.set_random_seed(0)
     store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    setups = configurations(x, y, store, args.all)
+    setups = configurations(x, y, store, args.xla, args.bf16)
     for _, _, setup in setups:  # warm-up: tracing and first-call allocations
         setup.epoch()
     speeds: dict[tuple[str, str], list[float]] = {(v, k): [] for v, k, _ in setups}
@@ -191,6 +204,9 @@ def main() -> None:
     for variant in ("plain", "bn"):
         on, off = (statistics.median(speeds[(variant, key)]) for key in ("b+", "b"))
         print(f"MLflow logging overhead, {variant}: {1 - on / off:+.1%} images/s")
+    print(
+        f"input pipeline alone (defaults): {input_pipeline_speed(x, y, args.repeats):.0f} images/s"
+    )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak_rss:.0f} MB")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 from pipeline.errors import PipelineError
 
@@ -36,6 +38,9 @@ def run_stage(body: Callable[[argparse.Namespace], None], args: argparse.Namespa
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # `dvc exp` / `dvc queue kill` and schedulers stop processes with SIGTERM: treat it as
+    # Ctrl-C, so that every stage cleans up (temporary files, MLflow runs marked KILLED).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         body(args)
     except PipelineError as error:
@@ -46,3 +51,7 @@ def run_stage(body: Callable[[argparse.Namespace], None], args: argparse.Namespa
     except KeyboardInterrupt:
         print("error: interrupted; no output was written. Run the stage again.", file=sys.stderr)
         sys.exit(130)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -115,7 +115,10 @@ def _run(args: argparse.Namespace) -> None:
 
     experiment_id = tracking.connect(params.mlflow.experiment)
     tags = {**tracking.source_tags(), **{f"run.{name}": run_id for name, run_id in runs.items()}}
-    with mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags):
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags),
+        tracking.killed_on_interrupt(),
+    ):
         for row in rows:
             mlflow.log_metrics(
                 {

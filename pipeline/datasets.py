@@ -265,7 +265,8 @@ class _Collector:
             raise PipelineError(
                 f"{self.source} is CIFAR-10's python release, whose batches are pickles: "
                 "loading a pickle can run arbitrary code, so it is refused. Use the binary "
-                f"release instead (data.source: official) or {LAYOUT}"
+                "release (data.source: official, or a copy of cifar-10-binary.tar.gz) or "
+                "class folders train/<class>/* and test/<class>/*"
             )
         raise PipelineError(f"{self.source} holds no CIFAR-10 images: expected {LAYOUT}")
 

@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> None:
         files.confusion_png,
     )
     tracking.connect(params.mlflow.experiment)
-    with mlflow.start_run(run_id=run["run_id"]):
+    with mlflow.start_run(run_id=run["run_id"]), tracking.killed_on_interrupt():
         mlflow.log_metrics(
             {
                 "test_loss": metrics["test_loss"],

@@ -42,6 +42,11 @@ def _temporary_beside(target: Path) -> Path:
     """An empty file in the target's folder (so the final rename is atomic)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        # A process killed outright (SIGKILL) leaves its temporary behind; the next writer of
+        # the same target removes it. (Two processes never write one output at once: DVC
+        # locks the pipeline, and a stage's outputs are its own.)
+        for stale in target.parent.glob(f".{target.stem}.*.tmp{target.suffix}"):
+            stale.unlink(missing_ok=True)
         handle, temporary_name = tempfile.mkstemp(
             prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
         )

@@ -107,6 +107,11 @@ class TrainParams(ModelSettings):
         default=1.0, description="share of the training split seen per epoch (article: 0.5)"
     )
     deterministic: bool = True
+    resume: bool = Field(
+        default=False,
+        description="checkpoint every epoch; a rerun after an interruption continues from the "
+        "last completed epoch instead of starting over",
+    )
     speed: SpeedParams = SpeedParams()
 
 

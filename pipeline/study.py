@@ -509,6 +509,7 @@ class TuningRuns:
             run_name=f"tune-{self.spec.variant}-trial-{number}",
             tags={
                 "mlflow.parentRunId": parent_id,
+                **tracking.process_tags(),
                 "variant": self.spec.variant,
                 "optuna_study": self.spec.name,
                 "optuna_trial_number": str(number),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -17,7 +19,11 @@ from mlflow.exceptions import MlflowException
 from pipeline.errors import PipelineError
 from pipeline.layout import project_root
 
+log = logging.getLogger(__name__)
+
 STORE_FILE = "mlflow.db"
+HOST_TAG = "pipeline.host"
+PID_TAG = "pipeline.pid"
 ARTIFACTS_FOLDER = "mlartifacts"
 
 
@@ -42,6 +48,7 @@ def connect(experiment_name: str) -> str:
         with _store_lock(uri):
             experiment = mlflow.get_experiment_by_name(experiment_name)
             if experiment is not None:
+                close_orphaned_runs(experiment.experiment_id)
                 return experiment.experiment_id
             location = None
             if uri.startswith("sqlite:"):
@@ -105,9 +112,61 @@ def run_tags(variant: str, dataset_digest: str, seed: int) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """End the active run as KILLED when the stage is interrupted (Ctrl-C, SIGTERM); MLflow's
+    own context manager would record FAILED, as for a crash."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+
+
+def close_orphaned_runs(experiment_id: str) -> None:
+    """Mark KILLED the runs that processes on this machine left RUNNING when they died.
+
+    A process killed outright (SIGKILL, out of memory, power loss) cannot end its own run;
+    the next stage that connects does, for runs whose process no longer exists. Runs
+    started on other machines are left alone: their processes cannot be checked from here.
+    """
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+    )
+    for run in runs:
+        pid = int(run.data.tags.get(PID_TAG, "0"))
+        if pid and not _process_exists(pid):
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning(
+                "MLflow run %s (%s) was left running by process %d, which no longer exists: "
+                "marked KILLED",
+                run.info.run_id,
+                run.info.run_name,
+                pid,
+            )
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def process_tags() -> dict[str, str]:
+    """The machine and process of a run, so a run left RUNNING by a dead process is found."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
 def source_tags() -> dict[str, str]:
-    """Tags that tie a run to the code and the DVC experiment that produced it."""
-    tags = {}
+    """Tags that tie a run to the code, the DVC experiment and the process that produced it."""
+    tags = process_tags()
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -23,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.figures import learning_curves_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
 from pipeline.history import HISTORY_FIELDS, History, write_history
-from pipeline.layout import variant_files
+from pipeline.layout import project_root, variant_files
 from pipeline.model import augmentation_layers, build_model, export_model
 from pipeline.normalize import PREPARED_KEYS
 from pipeline.params import Params, SpeedParams, TrainParams, load_params
@@ -129,9 +133,17 @@ def make_optimizer(settings: TrainParams) -> Any:
 
 
 def train_model(
-    data: TrainingData, settings: TrainParams, seed: int, callbacks: list[Any] | None = None
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    callbacks: list[Any] | None = None,
+    checkpoints: Path | None = None,
 ) -> TrainingResult:
-    """Build, compile and fit one variant; raises PipelineError if the loss diverges."""
+    """Build, compile and fit one variant; raises PipelineError if the loss diverges.
+
+    With `checkpoints`, the model, optimizer and history are saved there after every epoch
+    and a call that finds them continues from the last completed epoch (then removes them).
+    """
     configure_threads(settings.speed)
     seed_everything(seed, settings.deterministic)
     train, validation, steps = make_datasets(data, settings, seed)
@@ -145,15 +157,26 @@ def train_model(
     images_per_epoch = (steps * settings.batch_size) if steps else len(data.y_train)
     telemetry = EpochTelemetry(images_per_epoch)
     guard = StopOnNonFiniteLoss()
+    resuming: list[Any] = []
+    if checkpoints is not None:
+        # BackupAndRestore first: it sets the epoch to continue from before the others start.
+        # The history is saved before the weights: a kill between the two repeats an epoch
+        # rather than losing one from the history.
+        resuming = [
+            HistoryBackup(checkpoints / "history.json", telemetry),
+            keras.callbacks.BackupAndRestore(str(checkpoints / "keras")),
+        ]
     started = time.perf_counter()
     model.fit(
         train,
         validation_data=validation,
         epochs=settings.epochs,
         steps_per_epoch=steps,
-        callbacks=[telemetry, guard, *(callbacks or [])],
+        callbacks=[telemetry, *resuming, guard, *(callbacks or [])],
         verbose=2,
     )
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # done, or diverged: never resume that
     if guard.failure:
         raise PipelineError(
             f"training diverged: {guard.failure}; lower the learning rate "
@@ -191,6 +214,21 @@ class EpochTelemetry(keras.callbacks.Callback):
         self.history.append(
             {"epoch": epoch + 1, **{key: float(logs[key]) for key in HISTORY_FIELDS[1:]}}
         )
+
+
+class HistoryBackup(keras.callbacks.Callback):
+    """Keeps the epochs' history beside the checkpoint, and restores it on resumption."""
+
+    def __init__(self, path: Path, telemetry: EpochTelemetry) -> None:
+        super().__init__()
+        self.path = path
+        self.telemetry = telemetry
+        if path.is_file():
+            telemetry.history = read_json(path)
+            log.info("resuming after epoch %d from %s", len(telemetry.history), path.parent)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        write_json(self.path, self.telemetry.history)  # after EpochTelemetry's own on_epoch_end
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -283,8 +321,24 @@ def _run(args: argparse.Namespace) -> None:
     raw_example = read_npz(params.paths.raw_dataset, ("x_train",))["x_train"][:2]
 
     tags = tracking.run_tags(args.variant, provenance["sha256"], params.seed)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=args.variant, tags=tags) as run:
+    checkpoints = None
+    resumed_run_id = None
+    if settings.resume:
+        checkpoints = checkpoint_folder(flat_params(params, args.variant, settings), provenance)
+        if (checkpoints / "mlflow_run.json").is_file():
+            resumed_run_id = read_json(checkpoints / "mlflow_run.json")["run_id"]
+    with (
+        mlflow.start_run(
+            run_id=resumed_run_id,
+            experiment_id=experiment_id,
+            run_name=args.variant,
+            tags=tags,
+        ) as run,
+        tracking.killed_on_interrupt(),
+    ):
         run_id = run.info.run_id
+        if checkpoints is not None:
+            write_json(checkpoints / "mlflow_run.json", {"run_id": run_id})
         mlflow.log_params(
             {
                 **flat_params(params, args.variant, settings),
@@ -303,7 +357,11 @@ def _run(args: argparse.Namespace) -> None:
         )
         log.info("training %s (MLflow run %s): %s", args.variant, run_id, settings)
         result = train_model(
-            data, settings, params.seed, [MlflowEpochMetrics(mlflow.MlflowClient(), run_id)]
+            data,
+            settings,
+            params.seed,
+            [MlflowEpochMetrics(mlflow.MlflowClient(), run_id)],
+            checkpoints,
         )
         exported = export_model(result.model, stats)
         with atomic_path(files.model) as temporary:
@@ -329,6 +387,14 @@ def _run(args: argparse.Namespace) -> None:
         metrics["val_accuracy"],
         metrics["epochs"],
     )
+
+
+def checkpoint_folder(settings: dict[str, Any], provenance: dict[str, Any]) -> Path:
+    """Where a resumable run keeps its checkpoints: one folder per variant, settings and data,
+    at the project root so that a rerun of a killed `dvc exp run` finds them."""
+    key = json.dumps({"settings": settings, "data": provenance["sha256"]}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return project_root() / ".cache" / "resume" / f"{settings['variant']}-{digest}"
 
 
 def _log_model(model: keras.Model, example: np.ndarray) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from pipeline.cli import add_common_arguments, run_stage
@@ -46,14 +44,7 @@ def main() -> None:
         "(postgresql://user@host/db) or journal:<file>; writes no tuned.json",
     )
     add_common_arguments(parser)
-    args = parser.parse_args()
-    # DVC, schedulers and `kill` stop a stage with SIGTERM: end like Ctrl-C, so the running
-    # trial is recorded as FAIL (and rerun later) instead of being left RUNNING.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        run_stage(_run, args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_stage(_run, parser.parse_args())
 
 
 def _positive_int(text: str) -> int:
@@ -61,10 +52,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
     return value
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> None:

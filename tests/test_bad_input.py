@@ -156,6 +156,16 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def unusable_storage(folder: Path) -> None:
+    """Tuning on, into a PostgreSQL server that is not there."""
+    setting("tune.n_trials", 1)(folder)
+    setting("tune.storage", f"postgresql://optuna@127.0.0.1:{closed_port()}/x")(folder)
+
+
+def unreachable_server() -> dict[str, str]:
+    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+
+
 @dataclass(frozen=True)
 class BadInput:
     """One row of the table: how the input is spoiled, the stage run, what the line says."""
@@ -199,32 +209,28 @@ CASES = {
     "pickle in an upstream output": BadInput(pickled_upstream, NORMALIZE, ("unreadable",)),
     "missing upstream output": BadInput(missing_upstream, NORMALIZE, ("dvc repro",)),
     "unwritable output path": BadInput(blocked_output, NORMALIZE, ("cannot write",)),
-    "unusable Optuna storage": BadInput(
-        lambda folder: (
-            setting("tune.n_trials", 1)(folder),
-            setting("tune.storage", f"postgresql://optuna@127.0.0.1:{closed_port()}/x")(folder),
-        ),
-        TUNE_BN,
-        ("tune.storage",),
+    "unusable Optuna storage": BadInput(unusable_storage, TUNE_BN, ("tune.storage",)),
+    "unreachable MLflow server (train)": BadInput(
+        lambda folder: None,
+        ("pipeline.train", "bn"),
+        ("unreachable", "MLFLOW_TRACKING_URI"),
+        env=unreachable_server,
     ),
-    "unreachable MLflow server": BadInput(
-        setting("tune.n_trials", 1),
-        TUNE_BN,
-        ("MLFLOW_TRACKING_URI",),
-        env=lambda: {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"},
+    "unreachable MLflow server (tune)": BadInput(
+        setting("tune.n_trials", 1), TUNE_BN, ("MLFLOW_TRACKING_URI",), env=unreachable_server
     ),
 }
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with params.yaml, a tiny source, and the fetch and normalize outputs."""
+    """A folder with params.yaml, a tiny source, and the outputs of every stage before train."""
     folder = tmp_path_factory.mktemp("prepared")
     shutil.copy2(PROJECT_ROOT / "params.yaml", folder / "params.yaml")
     write_class_folder(folder, "tar.gz", per_class_train=5, per_class_test=1)
     setting("data.source", SOURCE)(folder)
     setting("data.val_fraction", 0.2)(folder)
-    for stage in (FETCH, NORMALIZE):
+    for stage in (FETCH, NORMALIZE, TUNE_BN):  # tune.n_trials 0: writes the configured rate
         done = run_stage(folder, *stage)
         assert done.returncode == 0, done.stderr
     return folder

@@ -67,7 +67,7 @@ def test_bn_position_before_activation() -> None:
 def test_export_on_raw_images_equals_core_on_normalized(method: str) -> None:
     rng = np.random.default_rng(1)
     raw = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
-    stats = compute_stats(raw, NormalizeParams(method=method))
+    stats = compute_stats(raw, NormalizeParams.model_validate({"method": method}))
     core = build_model(ModelSettings(batch_norm=True))
     exported = export_model(core, stats)
     expected = core.predict(apply_normalization(raw, stats), verbose=0)

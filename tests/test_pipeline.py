@@ -123,6 +123,7 @@ def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
             history = client.get_metric_history(run.info.run_id, metric)
             assert [point.step for point in history] == [1, 2], metric
         assert "test_accuracy" in run.data.metrics
+        assert run.inputs is not None
         assert run.inputs.dataset_inputs[0].dataset.name == "cifar10"
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
         assert {
@@ -151,22 +152,6 @@ def test_logged_model_predicts_raw_images_like_the_keras_file(reproduced: Path) 
     from_file = keras.models.load_model(reproduced / "models/bn.keras").predict(images, verbose=0)
     assert from_mlflow.shape == (5, 10)
     assert np.allclose(from_mlflow, from_file, atol=1e-5)
-
-
-def test_unreachable_tracking_server_is_one_clear_line(reproduced: Path) -> None:
-    model = reproduced / "models/bn.keras"
-    before = model.read_bytes()
-    result = run_command(
-        [sys.executable, "-m", "pipeline.train", "bn"],
-        reproduced,
-        check=False,
-        extra_env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},  # the discard port: closed
-    )
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "unreachable" in errors[0] and "MLFLOW_TRACKING_URI" in errors[0]
-    assert "Traceback" not in result.stderr
-    assert model.read_bytes() == before
 
 
 def test_diverging_training_fails_and_marks_the_run_failed(reproduced: Path) -> None:

@@ -189,7 +189,8 @@ def test_storage_is_anchored_at_the_project_root_and_shown_without_password(
     assert tuning.storage_url("sqlite:///optuna.db") == f"sqlite:///{tmp_path / 'optuna.db'}"
     assert tuning.storage_url("sqlite:////abs/optuna.db") == "sqlite:////abs/optuna.db"
     url = "postgresql://tuner:s3cret@db.example:5432/optuna"
-    assert tuning.storage_url(url) == url
+    assert tuning.storage_url(url) == "postgresql+psycopg://tuner:s3cret@db.example:5432/optuna"
+    assert tuning.storage_url("postgresql+psycopg2://h/db") == "postgresql+psycopg2://h/db"
     assert tuning.describe_storage(url) == "postgresql://tuner:***@db.example:5432/optuna"
     assert tuning.storage_kind(url) == "postgresql"
     assert tuning.storage_kind(tuning.storage_url(None)) == "journal"
@@ -454,6 +455,7 @@ def test_an_interrupted_study_resumes_to_the_requested_count(stores: Path) -> No
 # --- parallel workers ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # tests/test_scale_out.py runs three workers on PostgreSQL in every run
 def test_parallel_workers_share_one_study(tmp_path: Path) -> None:
     root = write_project(tmp_path / "project")
     journal = tmp_path / "shared" / "lr.journal"

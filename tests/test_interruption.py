@@ -1,0 +1,189 @@
+"""Interrupted and killed stages: nothing half-written survives, MLflow runs do not stay
+RUNNING, and a rerun gives what an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.files import write_json
+from tests.conftest import PROJECT_ROOT, project_environment
+from tests.sources import write_class_folder
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_runs_left_running_by_dead_processes_are_marked_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = tracking.connect("interrupted")
+    client = MlflowClient()
+    here = tracking.process_tags()[tracking.HOST_TAG]
+    owners = {
+        "dead here": {tracking.HOST_TAG: here, tracking.PID_TAG: str(dead_pid())},
+        "alive here": {tracking.HOST_TAG: here, tracking.PID_TAG: str(os.getpid())},
+        "elsewhere": {tracking.HOST_TAG: "another-machine", tracking.PID_TAG: str(dead_pid())},
+    }
+    runs = {
+        name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        for name, tags in owners.items()
+    }
+
+    tracking.connect("interrupted")
+
+    statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"dead here": "KILLED", "alive here": "RUNNING", "elsewhere": "RUNNING"}
+
+
+def test_a_temporary_left_by_a_killed_writer_is_removed(tmp_path: Path) -> None:
+    leftover = tmp_path / ".stats.x1y2z3.tmp.json"
+    leftover.write_text('{"half": ')
+    write_json(tmp_path / "stats.json", {"whole": True})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["stats.json"]
+
+
+# --- killing the training stage ------------------------------------------------------------
+
+EPOCHS = 12
+
+
+def training_folder(root: Path, resume: bool = False) -> Path:
+    """A folder with params.yaml and the fetch and normalize outputs of a tiny dataset."""
+    root.mkdir()
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    values["data"].update(source="cifar10-small.tar.gz", val_fraction=0.2)
+    values["train"].update(epochs=EPOCHS, batch_size=8, resume=resume)
+    values["mlflow"]["log_model"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    write_class_folder(root, "tar.gz", per_class_train=3, per_class_test=1)
+    for stage in ("fetch", "normalize", "tune"):
+        command = ["pipeline.tune", "bn"] if stage == "tune" else [f"pipeline.{stage}"]
+        subprocess.run([sys.executable, "-m", *command], cwd=root, env=stage_env(root), check=True)
+    return root
+
+
+def stage_env(root: Path) -> dict[str, str]:
+    return {
+        **project_environment({"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+
+
+def train_until_epoch(root: Path, epoch: int, signum: int) -> subprocess.CompletedProcess[str]:
+    """Start `train bn`, send `signum` once epoch `epoch` has begun, and wait for the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", "bn"],
+        cwd=root,
+        env=stage_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(f"Epoch {epoch}/"):
+            process.send_signal(signum)
+            break
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def train_metrics(root: Path) -> dict[str, float]:
+    """The training metrics that do not depend on the machine's speed."""
+    metrics = json.loads((root / "results/bn/train_metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "images_per_second")}
+
+
+def outputs(root: Path) -> list[str]:
+    """The stage files in `root`: everything but the MLflow store."""
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if not path.name.startswith("mlflow.db") and "mlartifacts" not in path.parts
+    )
+
+
+def run_statuses(root: Path) -> list[str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    return [run.info.status for run in runs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_killed_training_leaves_nothing_and_a_rerun_matches(signum: int, tmp_path: Path) -> None:
+    uninterrupted = training_folder(tmp_path / "uninterrupted")
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "bn"],
+        cwd=uninterrupted,
+        env=stage_env(uninterrupted),
+        check=True,
+        capture_output=True,
+    )
+    root = training_folder(tmp_path / "interrupted")
+    before = outputs(root)
+
+    killed = train_until_epoch(root, 3, signum)
+
+    assert killed.returncode != 0
+    if signum != signal.SIGKILL:
+        assert killed.stderr.count("error: interrupted") == 1, killed.stderr[-2000:]
+        assert run_statuses(root) == ["KILLED"]
+    else:
+        assert run_statuses(root) == ["RUNNING"]  # until the next stage connects
+    assert outputs(root) == before, "no output, finished or half-written, may be left"
+
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "bn"],
+        cwd=root,
+        env=stage_env(root),
+        check=True,
+        capture_output=True,
+    )
+    assert run_statuses(root) == ["KILLED", "FINISHED"]
+    assert train_metrics(root) == train_metrics(uninterrupted)
+
+
+@pytest.mark.slow
+def test_resumed_training_continues_from_the_last_completed_epoch(tmp_path: Path) -> None:
+    root = training_folder(tmp_path / "resumed", resume=True)
+    killed = train_until_epoch(root, 4, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert list((root / ".cache" / "resume").iterdir()), "checkpoints of epochs 1-3 are kept"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "bn"],
+        cwd=root,
+        env=stage_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert "resuming after epoch 3" in resumed.stderr
+    assert f"Epoch 4/{EPOCHS}" in resumed.stdout and "Epoch 1/" not in resumed.stdout
+    history = (root / "results/bn/history.csv").read_text().splitlines()
+    assert len(history) == 1 + EPOCHS
+    assert run_statuses(root) == ["FINISHED"]  # the killed run, resumed and finished
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    run_id = json.loads((root / "results/bn/mlflow_run.json").read_text())["run_id"]
+    steps = [metric.step for metric in client.get_metric_history(run_id, "val_accuracy")]
+    assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
+    assert not list((root / ".cache" / "resume").iterdir()), "checkpoints go once done"
