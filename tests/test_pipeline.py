@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -52,18 +49,6 @@ def runs_by_name(repo: Path) -> dict[str, list[mlflow.entities.Run]]:
     for run in client.search_runs([experiment.experiment_id], order_by=["start_time ASC"]):
         runs.setdefault(run.info.run_name, []).append(run)
     return runs
-
-
-def wait_for_queue(repo: Path, timeout_seconds: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; returns the last status."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        status = dvc(repo, "queue", "status").stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the DVC queue did not finish in {timeout_seconds} s:\n{status}")
-        time.sleep(3)
 
 
 def test_repro_writes_every_declared_output(reproduced: Path) -> None:
@@ -174,24 +159,3 @@ def test_diverging_training_fails_and_marks_the_run_failed(reproduced: Path) -> 
     failed = [run for run in runs_by_name(reproduced)["plain"] if run.info.status == "FAILED"]
     assert len(failed) == 1
     shutil.rmtree(elsewhere)
-
-
-def test_queued_experiment_logs_into_the_same_store(reproduced: Path) -> None:
-    dvc(reproduced, "exp", "run", "--queue", "-n", "three-epochs", "-S", "train.epochs=3")
-    dvc(reproduced, "queue", "start")
-    status = wait_for_queue(reproduced)
-    assert "Success" in status and "Failed" not in status, status
-    runs = runs_by_name(reproduced)
-    for variant in VARIANTS:
-        finished = [run for run in runs[variant] if run.info.status == "FINISHED"]
-        assert len(finished) == 2, status
-        queued = finished[-1]
-        assert queued.data.params["train.epochs"] == "3"
-        assert queued.data.tags["dvc_exp_name"] == "three-epochs"
-        assert queued.info.status == "FINISHED"
-    assert runs["compare"][-1].data.tags["dvc_exp_name"] == "three-epochs"
-    # The queued run worked in a copy of the repository; its store is the workspace's.
-    assert not list((reproduced / ".dvc/tmp").rglob("mlflow.db"))
-    with sqlite3.connect(reproduced / "mlflow.db") as connection:
-        (count,) = connection.execute("select count(*) from runs").fetchone()
-    assert count == 7  # plain, bn, compare, twice; and the diverged plain run
