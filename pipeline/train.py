@@ -159,9 +159,8 @@ def train_model(
     guard = StopOnNonFiniteLoss()
     resuming: list[Any] = []
     if checkpoints is not None:
-        # BackupAndRestore first: it sets the epoch to continue from before the others start.
-        # The history is saved before the weights: a kill between the two repeats an epoch
-        # rather than losing one from the history.
+        # The history is saved before the weights (after EpochTelemetry has added the
+        # epoch): a kill between the two only makes the resumed run repeat that epoch.
         resuming = [
             HistoryBackup(checkpoints / "history.json", telemetry),
             keras.callbacks.BackupAndRestore(str(checkpoints / "keras")),
@@ -226,6 +225,10 @@ class HistoryBackup(keras.callbacks.Callback):
         if path.is_file():
             telemetry.history = read_json(path)
             log.info("resuming after epoch %d from %s", len(telemetry.history), path.parent)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # Drop rows of epochs the restored weights do not include (see train_model).
+        del self.telemetry.history[epoch:]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         write_json(self.path, self.telemetry.history)  # after EpochTelemetry's own on_epoch_end
