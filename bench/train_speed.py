@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from pipeline.model import build_model
 from pipeline.params import SpeedParams, TrainParams
-from pipeline.train import MlflowEpochMetrics, TrainingData, make_datasets, make_optimizer
+from pipeline.train import MlflowEpochMetrics, TrainingData, compiled_model, make_datasets
 
 # Multiply-accumulates of one forward pass of the article's CNN on a 32×32×3 image:
 # four 3×3 convolutions (32, 32, 64, 64 filters; two at 32×32, two at 16×16) and two dense.
@@ -79,13 +79,7 @@ def pipeline_setup(
     """The pipeline's tf.data input (augmentation on the graph) and training step."""
     data = TrainingData(x, y, x[:256], y[:256])
     train, _, _ = make_datasets(data, settings, seed=0)
-    model = build_model(settings, mixed_precision=settings.speed.mixed_precision)
-    model.compile(
-        optimizer=make_optimizer(settings),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=settings.speed.jit_compile,
-    )
+    model = compiled_model(settings)
 
     def epoch() -> None:
         model.fit(train, epochs=1, verbose=0, callbacks=callbacks)

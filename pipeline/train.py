@@ -132,6 +132,18 @@ def make_optimizer(settings: TrainParams) -> Any:
     return optimizers[settings.optimizer](learning_rate=settings.learning_rate)
 
 
+def compiled_model(settings: TrainParams) -> keras.Model:
+    """The variant's model, compiled with its optimizer and speed options."""
+    model = build_model(settings, mixed_precision=settings.speed.mixed_precision)
+    model.compile(
+        optimizer=make_optimizer(settings),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=settings.speed.jit_compile,
+    )
+    return model
+
+
 def train_model(
     data: TrainingData,
     settings: TrainParams,
@@ -147,13 +159,7 @@ def train_model(
     configure_threads(settings.speed)
     seed_everything(seed, settings.deterministic)
     train, validation, steps = make_datasets(data, settings, seed)
-    model = build_model(settings, mixed_precision=settings.speed.mixed_precision)
-    model.compile(
-        optimizer=make_optimizer(settings),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=settings.speed.jit_compile,
-    )
+    model = compiled_model(settings)
     images_per_epoch = (steps * settings.batch_size) if steps else len(data.y_train)
     telemetry = EpochTelemetry(images_per_epoch)
     guard = StopOnNonFiniteLoss()

@@ -84,6 +84,18 @@ def stage_env(root: Path) -> dict[str, str]:
     }
 
 
+def train(root: Path) -> subprocess.CompletedProcess[str]:
+    """Run `train bn` to its end; raises if it fails."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "bn"],
+        cwd=root,
+        env=stage_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
 def train_until_epoch(root: Path, epoch: int, signum: int) -> subprocess.CompletedProcess[str]:
     """Start `train bn`, send `signum` once epoch `epoch` has begun, and wait for the end."""
     process = subprocess.Popen(
@@ -130,13 +142,7 @@ def run_statuses(root: Path) -> list[str]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_killed_training_leaves_nothing_and_a_rerun_matches(signum: int, tmp_path: Path) -> None:
     uninterrupted = training_folder(tmp_path / "uninterrupted")
-    subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "bn"],
-        cwd=uninterrupted,
-        env=stage_env(uninterrupted),
-        check=True,
-        capture_output=True,
-    )
+    train(uninterrupted)
     root = training_folder(tmp_path / "interrupted")
     before = outputs(root)
 
@@ -150,13 +156,7 @@ def test_killed_training_leaves_nothing_and_a_rerun_matches(signum: int, tmp_pat
         assert run_statuses(root) == ["RUNNING"]  # until the next stage connects
     assert outputs(root) == before, "no output, finished or half-written, may be left"
 
-    subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "bn"],
-        cwd=root,
-        env=stage_env(root),
-        check=True,
-        capture_output=True,
-    )
+    train(root)
     assert run_statuses(root) == ["KILLED", "FINISHED"]
     assert train_metrics(root) == train_metrics(uninterrupted)
 
@@ -168,14 +168,7 @@ def test_resumed_training_continues_from_the_last_completed_epoch(tmp_path: Path
     assert killed.returncode == -signal.SIGKILL
     assert list((root / ".cache" / "resume").iterdir()), "checkpoints of epochs 1-3 are kept"
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", "bn"],
-        cwd=root,
-        env=stage_env(root),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    resumed = train(root)
 
     assert "resuming after epoch 3" in resumed.stderr
     assert f"Epoch 4/{EPOCHS}" in resumed.stdout and "Epoch 1/" not in resumed.stdout
