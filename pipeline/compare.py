@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,28 @@ import mlflow
 
 from pipeline import tracking
 from pipeline.cli import run_stage, stage_parser
-from pipeline.figures import curves_figure, save
+from pipeline.figures import curves_figure, layer_profile_figure, preactivation_figure, save
 from pipeline.files import atomic_path, read_json, write_json, write_text
 from pipeline.history import History, read_history
 from pipeline.layout import variant_files
 from pipeline.params import PathsParams, load_params
+from pipeline.probes import ProbeRow, read_preactivations, read_probes
 
 log = logging.getLogger(__name__)
 
 CURVE_FIELDS = ("variant", "split", "epoch", "loss", "accuracy")
+LAYER_FIELDS = (
+    "variant",
+    "probed",
+    "epoch",
+    "depth",
+    "layer",
+    "grad_norm",
+    "update_ratio",
+    "preact_std",
+    "saturated_fraction",
+    "mean_derivative",
+)
 
 
 def comparison_files(paths: PathsParams) -> dict[str, Path]:
@@ -32,6 +46,10 @@ def comparison_files(paths: PathsParams) -> dict[str, Path]:
         "accuracy_png": folder / "accuracy.png",
         "summary_md": folder / "summary.md",
         "summary_json": folder / "summary.json",
+        "layers": folder / "layers.csv",
+        "gradients_png": folder / "gradient_norms.png",
+        "derivatives_png": folder / "activation_derivatives.png",
+        "preactivations_png": folder / "preactivations.png",
     }
 
 
@@ -88,6 +106,32 @@ def long_curves(histories: dict[str, History]) -> list[dict[str, Any]]:
     return rows
 
 
+def first_and_last_epochs(probes: dict[str, list[ProbeRow]]) -> list[dict[str, Any]]:
+    """Per-layer probe rows of each variant's first and last probed epoch, for DVC plots."""
+    rows = []
+    for name, probe_rows in probes.items():
+        epochs = {row["epoch"] for row in probe_rows} or {0}
+        for row in probe_rows:
+            for probed, epoch in (("first", min(epochs)), ("last", max(epochs))):
+                if row["epoch"] == epoch:
+                    # Empty, not 'nan', where a layer has no such value: plots skip it.
+                    values = {key: _blank_if_nan(row[key]) for key in LAYER_FIELDS[2:]}
+                    rows.append({"variant": name, "probed": probed} | values)
+    return rows
+
+
+def _blank_if_nan(value: Any) -> Any:
+    return "" if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_csv(target: Path, fields: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV, atomically."""
+    with atomic_path(target) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main() -> None:
     """Entry point of `python -m pipeline.compare`."""
     run_stage(_run, stage_parser(__doc__).parse_args())
@@ -103,12 +147,23 @@ def _run(args: argparse.Namespace) -> None:
 
     out = comparison_files(params.paths)
     rows = summary_rows(histories, train, test)
-    with atomic_path(out["curves"]) as temporary, temporary.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows(long_curves(histories))
+    write_csv(out["curves"], CURVE_FIELDS, long_curves(histories))
     save(curves_figure(histories, "loss", "Loss per epoch"), out["loss_png"])
     save(curves_figure(histories, "accuracy", "Accuracy per epoch"), out["accuracy_png"])
+    probes = {name: read_probes(f.probes) for name, f in files.items()}
+    write_csv(out["layers"], LAYER_FIELDS, first_and_last_epochs(probes))
+    save(
+        layer_profile_figure(probes, "grad_norm", "Gradient norm per layer", log_scale=True),
+        out["gradients_png"],
+    )
+    save(
+        layer_profile_figure(probes, "mean_derivative", "Mean activation derivative per layer"),
+        out["derivatives_png"],
+    )
+    preactivations = {name: read_preactivations(f.preactivations) for name, f in files.items()}
+    edges = next(iter(preactivations.values()))[0]
+    histograms = {name: run for name, (_, run) in preactivations.items()}
+    save(preactivation_figure(edges, histograms), out["preactivations_png"])
     table = markdown_table(rows)
     write_text(out["summary_md"], "# Variants compared\n\n" + table)
     write_json(out["summary_json"], {row["variant"]: row for row in rows})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -84,3 +85,88 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str)
 
 def _colours() -> list[str]:
     return [f"C{index}" for index in range(10)]
+
+
+def layer_profile_figure(
+    probes: Mapping[str, Sequence[Mapping[str, Any]]],
+    field: str,
+    title: str,
+    log_scale: bool = False,
+) -> plt.Figure:
+    """`field` per layer, input to output, one colour per run: first probed epoch dashed,
+    last solid. Layers without the field (NaN) are left out."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    labels: dict[int, str] = {}
+    for (name, rows), colour in zip(probes.items(), _colours(), strict=False):
+        epochs = sorted({int(row["epoch"]) for row in rows})
+        for epoch, style in ((epochs[0], "--"), (epochs[-1], "-")) if epochs else ():
+            points = [
+                (int(row["depth"]), float(row[field]))
+                for row in rows
+                if int(row["epoch"]) == epoch and np.isfinite(float(row[field]))
+            ]
+            labels |= {int(r["depth"]): str(r["layer"]) for r in rows if int(r["epoch"]) == epoch}
+            axes.plot(
+                *zip(*points, strict=True),
+                style,
+                marker="o",
+                color=colour,
+                label=f"{name}, epoch {epoch}",
+            )
+    axes.set(xlabel="layer (input → output)", ylabel=field.replace("_", " "), title=title)
+    if not labels:
+        return _no_probes(figure, axes)
+    axes.set_xticks(sorted(labels), [labels[depth] for depth in sorted(labels)])
+    if log_scale:
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    return figure
+
+
+def _no_probes(figure: plt.Figure, axes: Any) -> plt.Figure:
+    axes.text(0.5, 0.5, "no probes: train.probe.interval is 0", ha="center", va="center")
+    return figure
+
+
+def preactivation_figure(
+    edges: np.ndarray, histograms: Mapping[str, Mapping[int, Mapping[str, Sequence[int]]]]
+) -> plt.Figure:
+    """Pre-activation histograms: a row per layer, the first and the last probed epoch side by
+    side, one colour per run; the sigmoid's flat tails (|z| > 4) are shaded."""
+    layers = list(
+        dict.fromkeys(layer for run in histograms.values() for h in run.values() for layer in h)
+    )
+    if not layers:
+        figure, axes = plt.subplots(figsize=(6.4, 2))
+        return _no_probes(figure, axes)
+    figure, grid = plt.subplots(
+        len(layers), 2, figsize=(9, 1.9 * len(layers)), sharex=True, squeeze=False
+    )
+    centres = (edges[:-1] + edges[1:]) / 2
+    for column, pick in enumerate(("first", "last")):
+        for row, layer in enumerate(layers):
+            axes = grid[row][column]
+            for (name, run), colour in zip(histograms.items(), _colours(), strict=False):
+                if not run:
+                    continue
+                epoch = min(run) if pick == "first" else max(run)
+                counts = np.asarray(run[epoch].get(layer, []), dtype=float)
+                if counts.sum():
+                    axes.step(
+                        centres,
+                        counts / counts.sum(),
+                        where="mid",
+                        color=colour,
+                        label=f"{name}, epoch {epoch}",
+                    )
+            for tail in ((edges[0], -4.0), (4.0, edges[-1])):
+                axes.axvspan(*tail, color="grey", alpha=0.15, linewidth=0)
+            axes.set_ylabel(layer)
+            axes.legend(fontsize=7, loc="upper right")
+            if row == 0:
+                axes.set_title(f"{pick} probed epoch")
+    for axes in grid[-1]:
+        axes.set_xlabel("pre-activation z (shaded: |z| > 4, sigmoid saturated)")
+    figure.tight_layout()
+    return figure

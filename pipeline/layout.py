@@ -22,6 +22,8 @@ class VariantFiles:
     history: Path
     train_metrics: Path
     learning_curves: Path
+    probes: Path
+    preactivations: Path
     test_metrics: Path
     confusion: Path
     confusion_png: Path
@@ -37,6 +39,8 @@ def variant_files(paths: PathsParams, variant: str) -> VariantFiles:
         history=folder / "history.csv",
         train_metrics=folder / "train_metrics.json",
         learning_curves=folder / "learning_curves.png",
+        probes=folder / "probes.csv",
+        preactivations=folder / "preactivations.json",
         test_metrics=folder / "test_metrics.json",
         confusion=folder / "confusion.csv",
         confusion_png=folder / "confusion.png",

@@ -96,6 +96,15 @@ class SpeedParams(Section):
     )
 
 
+class ProbeParams(Section):
+    """Per-layer gradient and pre-activation probes (pipeline/probes.py)."""
+
+    interval: Annotated[int, Field(ge=0)] = Field(
+        default=1, description="probe every this many epochs, and after the last; 0: off"
+    )
+    images: PositiveInt = Field(default=256, description="size of the fixed probe batch")
+
+
 class TrainParams(ModelSettings):
     """Training settings shared by every variant, plus the article's quirks as options."""
 
@@ -113,6 +122,7 @@ class TrainParams(ModelSettings):
         "last completed epoch instead of starting over",
     )
     speed: SpeedParams = SpeedParams()
+    probe: ProbeParams = ProbeParams()
 
 
 class VariantOverrides(Section):

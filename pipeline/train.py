@@ -9,6 +9,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ from pipeline.layout import project_root, variant_files
 from pipeline.model import augmentation_layers, build_model, export_model
 from pipeline.normalize import PREPARED_KEYS
 from pipeline.params import Params, SpeedParams, TrainParams, load_params
+from pipeline.probes import (
+    ProbeCallback,
+    Sample,
+    fixed_batch,
+    write_preactivations,
+    write_probes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +186,7 @@ def train_model(
         epochs=settings.epochs,
         steps_per_epoch=steps,
         callbacks=[telemetry, *resuming, guard, *(callbacks or [])],
+        shuffle=False,  # the dataset shuffles itself, seeded; Keras would ignore True anyway
         verbose=2,
     )
     if checkpoints is not None:
@@ -276,8 +285,39 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
         self.client.log_batch(self.run_id, metrics=metrics)
 
 
-def final_metrics(result: TrainingResult, learning_rate: float) -> dict[str, float]:
-    """The DVC metrics of a training run."""
+def probe_callback(
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    on_sample: Callable[[int, Sample], None] | None = None,
+) -> ProbeCallback:
+    """Probes on a fixed batch of training images; interval 0 samples nothing."""
+    x, y = fixed_batch(data.x_train, data.y_train, settings.probe.images, seed)
+    return ProbeCallback(x, y, settings.probe.interval, on_sample)
+
+
+class MlflowProbeMetrics:
+    """Logs each probe sample as `probe.<layer>.<statistic>` metrics with step = epoch."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def __call__(self, epoch: int, sample: Sample) -> None:
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(f"probe.{row['layer']}.{key}", float(value), timestamp, epoch)
+            for row in sample.rows
+            for key, value in row.items()
+            if key not in ("epoch", "depth", "layer") and math.isfinite(float(value))
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def final_metrics(
+    result: TrainingResult, learning_rate: float, probe_seconds: float = 0.0
+) -> dict[str, float]:
+    """The DVC metrics of a training run; `probe_seconds` is the time the probes took."""
     last = result.history[-1]
     return {
         "loss": last["loss"],
@@ -289,6 +329,8 @@ def final_metrics(result: TrainingResult, learning_rate: float) -> dict[str, flo
         "learning_rate": learning_rate,
         "wall_seconds": result.wall_seconds,
         "images_per_second": float(np.median([row["images_per_second"] for row in result.history])),
+        "probe_seconds": probe_seconds,
+        "probe_overhead": probe_seconds / result.wall_seconds,
     }
 
 
@@ -365,11 +407,14 @@ def _run(args: argparse.Namespace) -> None:
             context="training",
         )
         log.info("training %s (MLflow run %s): %s", args.variant, run_id, settings)
+        probes = probe_callback(
+            data, settings, params.seed, MlflowProbeMetrics(mlflow.MlflowClient(), run_id)
+        )
         result = train_model(
             data,
             settings,
             params.seed,
-            [MlflowEpochMetrics(mlflow.MlflowClient(), run_id)],
+            [MlflowEpochMetrics(mlflow.MlflowClient(), run_id), probes],
             checkpoints,
         )
         exported = export_model(result.model, stats)
@@ -377,16 +422,18 @@ def _run(args: argparse.Namespace) -> None:
             exported.save(temporary)
         write_history(files.history, result.history)
         save(learning_curves_figure(args.variant, result.history), files.learning_curves)
-        metrics = final_metrics(result, settings.learning_rate)
+        write_probes(files.probes, probes.rows)
+        write_preactivations(files.preactivations, probes.histograms)
+        metrics = final_metrics(result, settings.learning_rate, probes.seconds)
         write_json(files.train_metrics, metrics)
         mlflow.log_metrics(
             {
-                "best_val_accuracy": metrics["best_val_accuracy"],
-                "wall_seconds": metrics["wall_seconds"],
+                key: metrics[key]
+                for key in ("best_val_accuracy", "wall_seconds", "probe_seconds", "probe_overhead")
             }
         )
-        mlflow.log_artifact(str(files.history))
-        mlflow.log_artifact(str(files.learning_curves))
+        for artifact in (files.history, files.learning_curves, files.probes, files.preactivations):
+            mlflow.log_artifact(str(artifact))
         if params.mlflow.log_model:
             _log_model(exported, raw_example)
     write_json(files.run, {"run_id": run_id, "experiment": params.mlflow.experiment})

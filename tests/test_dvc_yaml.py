@@ -14,7 +14,15 @@ from pipeline.params import load_params
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_FILES = {
     "tune": {"tuned"},
-    "train": {"model", "run", "learning_curves", "train_metrics", "history"},
+    "train": {
+        "model",
+        "run",
+        "learning_curves",
+        "train_metrics",
+        "history",
+        "probes",
+        "preactivations",
+    },
     "evaluate": {"confusion_png", "test_metrics", "confusion"},
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sys
@@ -27,6 +28,13 @@ PER_EPOCH_METRICS = (
     "learning_rate",
     "epoch_seconds",
     "images_per_second",
+)
+PROBE_METRICS = (
+    "probe.conv1.grad_norm",
+    "probe.conv1.update_ratio",
+    "probe.conv1.saturated_fraction",
+    "probe.dense.mean_derivative",
+    "probe.classifier.grad_norm",
 )
 
 
@@ -59,8 +67,9 @@ def test_repro_writes_every_declared_output(reproduced: Path) -> None:
             assert (reproduced / path).is_file(), path
     for name in ("loss.png", "accuracy.png", "summary.md", "curves.csv", "summary.json"):
         assert (reproduced / "comparison" / name).stat().st_size > 0
-    png = (reproduced / "comparison" / "accuracy.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    for name in ("accuracy", "gradient_norms", "activation_derivatives", "preactivations"):
+        png = (reproduced / "comparison" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n"), name
     summary = (reproduced / "comparison" / "summary.md").read_text()
     assert "| plain |" in summary and "| bn |" in summary
 
@@ -91,6 +100,16 @@ def test_metrics_and_plots_are_readable_by_dvc(reproduced: Path) -> None:
     rendered = dvc(reproduced, "plots", "show", "--json").stdout
     assert "Accuracy per epoch" in rendered
     assert "results/bn/confusion.csv" in rendered
+    assert "Gradient norm per layer" in rendered
+    layers = list(csv.DictReader((reproduced / "comparison/layers.csv").open()))
+    # 6 weighted layers x 2 variants x (first, last) probed epoch, here epochs 1 and 2.
+    assert len(layers) == 24
+    assert {(row["variant"], row["probed"], row["epoch"]) for row in layers} == {
+        (variant, probed, epoch)
+        for variant in VARIANTS
+        for probed, epoch in (("first", "1.0"), ("last", "2.0"))
+    }
+    assert all(float(row["grad_norm"]) > 0 for row in layers)
 
 
 def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
@@ -104,9 +123,10 @@ def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
         assert run.data.params["train.batch_norm"] == str(variant == "bn")
         assert run.data.params["train.learning_rate"] == "0.001"
         assert run.data.params["train.augmentation.shear"] == "0.2"
-        for metric in PER_EPOCH_METRICS:
+        for metric in (*PER_EPOCH_METRICS, *PROBE_METRICS):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [point.step for point in history] == [1, 2], metric
+        assert 0 < run.data.metrics["probe_overhead"] < 1
         assert "test_accuracy" in run.data.metrics
         assert run.inputs is not None
         assert run.inputs.dataset_inputs[0].dataset.name == "cifar10"
@@ -114,6 +134,8 @@ def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
         assert {
             "history.csv",
             "learning_curves.png",
+            "probes.csv",
+            "preactivations.json",
             "test_metrics.json",
             "confusion.png",
         } <= artifacts
