@@ -1,6 +1,6 @@
 """Training throughput: the article's input setup against the pipeline's, in one process.
 
-    python bench/train_speed.py [--images 2048] [--repeats 3] [--xla] [--bf16]
+    python bench/train_speed.py [--images 2048] [--repeats 3] [--xla] [--bf16] [--only a,b,b~]
 
 Each configuration trains the same architecture on the same synthetic images (speed does not
 depend on pixel values). Configurations are interleaved and repeated, and the median images/s
@@ -12,6 +12,7 @@ and `train.speed.mixed_precision`. Figures only: nothing here passes or fails.
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import statistics
 import tempfile
@@ -28,7 +29,13 @@ import tensorflow as tf
 
 from pipeline.model import build_model
 from pipeline.params import SpeedParams, TrainParams
-from pipeline.train import MlflowEpochMetrics, TrainingData, compiled_model, make_datasets
+from pipeline.train import (
+    MlflowEpochMetrics,
+    TrainingData,
+    compiled_model,
+    make_datasets,
+    probe_callback,
+)
 
 # Multiply-accumulates of one forward pass of the article's CNN on a 32×32×3 image:
 # four 3×3 convolutions (32, 32, 64, 64 filters; two at 32×32, two at 16×16) and two dense.
@@ -37,6 +44,7 @@ FORWARD_MACS = (
 )
 # Training costs about three forward passes (forward, and two for the backward pass).
 TRAINING_FLOPS_PER_IMAGE = 3 * 2 * FORWARD_MACS
+FULL_TRAINING_SPLIT = 45_000  # images per epoch in a default run on full CIFAR-10
 
 
 @dataclass
@@ -95,6 +103,12 @@ def mlflow_logging(store: Path, name: str) -> list[Any]:
     return [MlflowEpochMetrics(client, run.info.run_id)]
 
 
+def probes(x: np.ndarray, y: np.ndarray, settings: TrainParams) -> Any:
+    """The training stage's per-layer probes. A benchmark epoch is one call to fit(epochs=1),
+    always the last epoch, so every benchmark epoch is probed once."""
+    return probe_callback(TrainingData(x, y, x[:256], y[:256]), settings, seed=0)
+
+
 def configurations(
     x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: bool
 ) -> list[tuple[str, str, Setup]]:
@@ -111,6 +125,11 @@ def configurations(
                 pipeline_setup(
                     "defaults + MLflow logging", x, y, defaults, mlflow_logging(store, variant)
                 ),
+            ),
+            (
+                variant,
+                "b~",
+                pipeline_setup("defaults + probes", x, y, defaults, [probes(x, y, defaults)]),
             ),
             (
                 variant,
@@ -162,6 +181,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--xla", action="store_true", help="also train.speed.jit_compile")
     parser.add_argument("--bf16", action="store_true", help="also train.speed.mixed_precision")
+    parser.add_argument(
+        "--only",
+        help="comma-separated setup keys to run, e.g. 'b,b~' for the probe overhead alone",
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -170,6 +193,8 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
     setups = configurations(x, y, store, args.xla, args.bf16)
+    if args.only:
+        setups = [setup for setup in setups if setup[1] in args.only.split(",")]
     for _, _, setup in setups:  # warm-up: tracing and first-call allocations
         setup.epoch()
     speeds: dict[tuple[str, str], list[float]] = {(v, k): [] for v, k, _ in setups}
@@ -187,17 +212,30 @@ def main() -> None:
         f"{TRAINING_FLOPS_PER_IMAGE / 1e6:.0f} MFLOP per training image "
         f"-> arithmetic limit {limit:.0f} images/s"
     )
+    medians = {key: statistics.median(values) for key, values in speeds.items()}
     print(f"{'variant':8} {'setup':32} {'median img/s':>12} {'x article':>10} {'of limit':>9}")
     for variant, key, setup in setups:
-        median = statistics.median(speeds[(variant, key)])
-        article = statistics.median(speeds[(variant, "a")])
+        median = medians[(variant, key)]
+        article = medians.get((variant, "a"), math.nan)
         print(
             f"{variant:8} {key + ')':3} {setup.name:28} {median:12.0f} "
             f"{median / article:10.2f} {median / limit:9.0%}"
         )
     for variant in ("plain", "bn"):
-        on, off = (statistics.median(speeds[(variant, key)]) for key in ("b+", "b"))
-        print(f"MLflow logging overhead, {variant}: {1 - on / off:+.1%} images/s")
+        off = medians.get((variant, "b"), math.nan)
+        if (variant, "b+") in medians:
+            on = medians[(variant, "b+")]
+            print(f"MLflow logging overhead, {variant}: {1 - on / off:+.1%} images/s")
+        if (variant, "b~") in medians:
+            probed = medians[(variant, "b~")]
+            # One probe costs (1/probed - 1/off) seconds per image of the benchmark epoch.
+            probe_seconds = args.images * (1 / probed - 1 / off)
+            full_epoch = FULL_TRAINING_SPLIT / off
+            print(
+                f"probe overhead, {variant}: {1 - probed / off:+.1%} images/s with a probe "
+                f"every {args.images} images; one probe {probe_seconds:.2f} s = "
+                f"{probe_seconds / full_epoch:.2%} of a {FULL_TRAINING_SPLIT}-image epoch"
+            )
     print(
         f"input pipeline alone (defaults): {input_pipeline_speed(x, y, args.repeats):.0f} images/s"
     )

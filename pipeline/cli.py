@@ -22,11 +22,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def stage_parser(description: str | None, variant: bool = False) -> argparse.ArgumentParser:
-    """The argument parser of a stage: `[variant] [--params FILE] [--debug]`."""
+def stage_parser(
+    description: str | None, variant: bool = False, seed: bool = False
+) -> argparse.ArgumentParser:
+    """The argument parser of a stage: `[variant] [--seed N] [--params FILE] [--debug]`."""
     parser = argparse.ArgumentParser(description=description)
     if variant:
         parser.add_argument("variant", help="a key of `variants` in params.yaml")
+    if seed:
+        parser.add_argument(
+            "--seed", type=int, help="training seed (default: the first of `seeds` in params.yaml)"
+        )
     add_common_arguments(parser)
     return parser
 

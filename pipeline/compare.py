@@ -1,4 +1,5 @@
-"""Stage `compare`: the article's figures with every variant overlaid, and a summary table."""
+"""Stage `compare`: the article's figures with every variant overlaid, summary tables over
+variants and seeds, and a self-contained report."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.figures import curves_figure, layer_profile_figure, preactivation_figure, save
 from pipeline.files import atomic_path, read_json, write_json, write_text
 from pipeline.history import History, read_history
-from pipeline.layout import variant_files
+from pipeline.layout import run_name, variant_files
 from pipeline.params import PathsParams, load_params
 from pipeline.probes import ProbeRow, read_preactivations, read_probes
+from pipeline.report import write_report
+from pipeline.seed_stats import CONFIDENCE, difference, spread
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +57,17 @@ def comparison_files(paths: PathsParams) -> dict[str, Path]:
 
 
 def summary_rows(
-    histories: dict[str, History], train: dict[str, Any], test: dict[str, Any]
+    keys: dict[str, tuple[str, int]],
+    histories: dict[str, History],
+    train: dict[str, Any],
+    test: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """One row per variant: best/final validation accuracy, test accuracy, epochs, seconds."""
+    """One row per run (variant and seed): validation and test accuracy, epochs, seconds."""
     return [
         {
-            "variant": name,
+            "run": name,
+            "variant": keys[name][0],
+            "seed": keys[name][1],
             "best_val_accuracy": max(row["val_accuracy"] for row in history),
             "final_val_accuracy": history[-1]["val_accuracy"],
             "test_accuracy": test[name]["test_accuracy"],
@@ -72,19 +80,75 @@ def summary_rows(
     ]
 
 
+def across_seeds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant: test and best validation accuracy as mean ± std over its seeds."""
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        variants.setdefault(row["variant"], []).append(row)
+    summary = {}
+    for variant, runs in variants.items():
+        test = spread([run["test_accuracy"] for run in runs])
+        val = spread([run["best_val_accuracy"] for run in runs])
+        summary[variant] = {
+            "seeds": test.n,
+            "test_accuracy_mean": test.mean,
+            "test_accuracy_std": test.std,
+            "best_val_accuracy_mean": val.mean,
+            "best_val_accuracy_std": val.std,
+        }
+    return summary
+
+
+def differences(rows: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, Any]]:
+    """Each other variant's test accuracy minus the baseline's, with a confidence interval."""
+    by_variant: dict[str, list[float]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row["test_accuracy"])
+    result = {}
+    for variant, values in by_variant.items():
+        if variant == baseline:
+            continue
+        gap = difference(values, by_variant[baseline])
+        result[f"{variant} - {baseline}"] = {
+            "test_accuracy_difference": gap.mean,
+            "ci_low": None if math.isnan(gap.low) else gap.low,
+            "ci_high": None if math.isnan(gap.high) else gap.high,
+            "confidence": CONFIDENCE,
+            "description": gap.describe(),
+        }
+    return result
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The summary as a Markdown table."""
+    """The per-run summary as a Markdown table."""
     lines = [
-        "| variant | learning rate | best val acc | final val acc | test acc | epochs "
+        "| variant | seed | learning rate | best val acc | final val acc | test acc | epochs "
         "| wall s | img/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {row['variant']} | {row['learning_rate']:.2g} | {row['best_val_accuracy']:.4f} "
-        f"| {row['final_val_accuracy']:.4f} | {row['test_accuracy']:.4f} | {row['epochs']} "
+        f"| {row['variant']} | {row['seed']} | {row['learning_rate']:.2g} "
+        f"| {row['best_val_accuracy']:.4f} | {row['final_val_accuracy']:.4f} "
+        f"| {row['test_accuracy']:.4f} | {row['epochs']} "
         f"| {row['wall_seconds']:.0f} | {row['images_per_second']:.0f} |"
         for row in rows
     ]
+    return "\n".join(lines) + "\n"
+
+
+def seeds_markdown(variants: dict[str, dict[str, Any]], gaps: dict[str, dict[str, Any]]) -> str:
+    """Mean ± std over seeds per variant, then each difference to the baseline."""
+    lines = [
+        "| variant | seeds | test acc (mean ± std) | best val acc (mean ± std) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {row['seeds']} | {row['test_accuracy_mean']:.4f} ± "
+        f"{row['test_accuracy_std']:.4f} | {row['best_val_accuracy_mean']:.4f} ± "
+        f"{row['best_val_accuracy_std']:.4f} |"
+        for name, row in variants.items()
+    ]
+    lines += [""] + [f"- test accuracy, {name}: {gap['description']}" for name, gap in gaps.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -139,18 +203,28 @@ def main() -> None:
 
 def _run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    files = {name: variant_files(params.paths, name) for name in params.variants}
-    histories = {name: read_history(f.history) for name, f in files.items()}
-    train = {name: read_json(f.train_metrics) for name, f in files.items()}
-    test = {name: read_json(f.test_metrics) for name, f in files.items()}
-    runs = {name: read_json(f.run)["run_id"] for name, f in files.items()}
+    keys = {
+        run_name(variant, seed): (variant, seed)
+        for variant in params.variants
+        for seed in params.seeds
+    }
+    runs = {name: variant_files(params.paths, *key) for name, key in keys.items()}
+    histories = {name: read_history(f.history) for name, f in runs.items()}
+    train = {name: read_json(f.train_metrics) for name, f in runs.items()}
+    test = {name: read_json(f.test_metrics) for name, f in runs.items()}
+    run_ids = {name: read_json(f.run)["run_id"] for name, f in runs.items()}
+    rows = summary_rows(keys, histories, train, test)
+    variants = across_seeds(rows)
+    gaps = differences(rows, baseline=next(iter(params.variants)))
 
+    # The figures show each variant's first seed; the tables cover every seed.
+    first = {variant: run_name(variant, params.seeds[0]) for variant in params.variants}
     out = comparison_files(params.paths)
-    rows = summary_rows(histories, train, test)
-    write_csv(out["curves"], CURVE_FIELDS, long_curves(histories))
-    save(curves_figure(histories, "loss", "Loss per epoch"), out["loss_png"])
-    save(curves_figure(histories, "accuracy", "Accuracy per epoch"), out["accuracy_png"])
-    probes = {name: read_probes(f.probes) for name, f in files.items()}
+    first_histories = {variant: histories[name] for variant, name in first.items()}
+    write_csv(out["curves"], CURVE_FIELDS, long_curves(first_histories))
+    save(curves_figure(first_histories, "loss", "Loss per epoch"), out["loss_png"])
+    save(curves_figure(first_histories, "accuracy", "Accuracy per epoch"), out["accuracy_png"])
+    probes = {variant: read_probes(runs[name].probes) for variant, name in first.items()}
     write_csv(out["layers"], LAYER_FIELDS, first_and_last_epochs(probes))
     save(
         layer_profile_figure(probes, "grad_norm", "Gradient norm per layer", log_scale=True),
@@ -160,31 +234,51 @@ def _run(args: argparse.Namespace) -> None:
         layer_profile_figure(probes, "mean_derivative", "Mean activation derivative per layer"),
         out["derivatives_png"],
     )
-    preactivations = {name: read_preactivations(f.preactivations) for name, f in files.items()}
+    preactivations = {
+        variant: read_preactivations(runs[name].preactivations) for variant, name in first.items()
+    }
     edges = next(iter(preactivations.values()))[0]
-    histograms = {name: run for name, (_, run) in preactivations.items()}
+    histograms = {variant: run for variant, (_, run) in preactivations.items()}
     save(preactivation_figure(edges, histograms), out["preactivations_png"])
     table = markdown_table(rows)
-    write_text(out["summary_md"], "# Variants compared\n\n" + table)
-    write_json(out["summary_json"], {row["variant"]: row for row in rows})
+    seeds_table = seeds_markdown(variants, gaps)
+    write_text(
+        out["summary_md"],
+        f"# Variants compared\n\n{table}\n## Across seeds\n\n{seeds_table}",
+    )
+    write_json(
+        out["summary_json"],
+        {"runs": {row["run"]: row for row in rows}, "variants": variants, "differences": gaps},
+    )
+    write_report(params.paths.report, table, seeds_table, out, params.seeds[0])
 
     experiment_id = tracking.connect(params.mlflow.experiment)
-    tags = {**tracking.source_tags(), **{f"run.{name}": run_id for name, run_id in runs.items()}}
+    tags = {**tracking.source_tags(), **{f"run.{name}": run_id for name, run_id in run_ids.items()}}
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags),
         tracking.killed_on_interrupt(),
     ):
-        for row in rows:
-            mlflow.log_metrics(
-                {
-                    f"{row['variant']}.{key}": float(value)
-                    for key, value in row.items()
-                    if key != "variant"
-                }
-            )
-        for path in out.values():
+        metrics = {
+            f"{row['run']}.{key}": float(value)
+            for row in rows
+            for key, value in row.items()
+            if key not in ("run", "variant")
+        }
+        metrics |= {
+            f"{variant}.{key}": float(value)
+            for variant, row in variants.items()
+            for key, value in row.items()
+        }
+        metrics |= {
+            f"{name.replace(' ', '')}.{key}": float(value)
+            for name, gap in gaps.items()
+            for key, value in gap.items()
+            if isinstance(value, float)
+        }
+        mlflow.log_metrics(metrics)
+        for path in [*out.values(), params.paths.report]:
             mlflow.log_artifact(str(path))
-    log.info("compared %s:\n%s", ", ".join(histories), table)
+    log.info("compared %s:\n%s\n%s", ", ".join(histories), table, seeds_table)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage `evaluate@<variant>`: held-out test metrics and confusion matrix of a trained model."""
+"""Stage `evaluate@<variant>-<seed>`: test metrics and confusion matrix of a trained model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.figures import confusion_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
-from pipeline.layout import VariantFiles, variant_files
+from pipeline.layout import VariantFiles, run_name, variant_files
 from pipeline.params import load_params
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,15 @@ def write_confusion_rows(
 
 def main() -> None:
     """Entry point of `python -m pipeline.evaluate <variant>`."""
-    run_stage(_run, stage_parser(__doc__, variant=True).parse_args())
+    run_stage(_run, stage_parser(__doc__, variant=True, seed=True).parse_args())
 
 
 def _run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     params.variant(args.variant)  # fails clearly on an unknown variant
-    files = variant_files(params.paths, args.variant)
+    seed = params.seeds[0] if args.seed is None else args.seed
+    name = run_name(args.variant, seed)
+    files = variant_files(params.paths, args.variant, seed)
     run = read_json(files.run)
     raw = read_npz(params.paths.raw_dataset, ("x_test", "y_test", "class_names"))
     class_names = [str(name) for name in raw["class_names"]]
@@ -78,7 +80,7 @@ def _run(args: argparse.Namespace) -> None:
     write_json(files.test_metrics, metrics)
     write_confusion_rows(files, raw["y_test"], probabilities.argmax(axis=1), class_names)
     save(
-        confusion_figure(matrix, class_names, f"{args.variant}: test confusion matrix"),
+        confusion_figure(matrix, class_names, f"{name}: test confusion matrix"),
         files.confusion_png,
     )
     tracking.connect(params.mlflow.experiment)
@@ -95,7 +97,7 @@ def _run(args: argparse.Namespace) -> None:
         )
         mlflow.log_artifact(str(files.test_metrics))
         mlflow.log_artifact(str(files.confusion_png))
-    log.info("%s: test accuracy %.4f", args.variant, metrics["test_accuracy"])
+    log.info("%s: test accuracy %.4f", name, metrics["test_accuracy"])
 
 
 if __name__ == "__main__":

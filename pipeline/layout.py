@@ -14,7 +14,8 @@ from pipeline.params import PathsParams
 
 @dataclass(frozen=True)
 class VariantFiles:
-    """The files one variant's tune, train and evaluate stages write."""
+    """The files of one variant and training seed: the variant's tuned learning rate, and what
+    its train and evaluate stages write for that seed."""
 
     model: Path
     tuned: Path
@@ -29,12 +30,22 @@ class VariantFiles:
     confusion_png: Path
 
 
-def variant_files(paths: PathsParams, variant: str) -> VariantFiles:
-    """The output files of `variant`."""
-    folder = paths.results / variant
+def run_name(variant: str, seed: int) -> str:
+    """`<variant>-<seed>`: the suffix of its DVC stages (train@plain-42) and its folder."""
+    return f"{variant}-{seed}"
+
+
+def tuned_file(paths: PathsParams, variant: str) -> Path:
+    """The learning rate `tune@<variant>` chose, shared by every seed of the variant."""
+    return paths.results / variant / "tuned.json"
+
+
+def variant_files(paths: PathsParams, variant: str, seed: int) -> VariantFiles:
+    """The files of `variant` trained with `seed`."""
+    folder = paths.results / run_name(variant, seed)
     return VariantFiles(
-        model=paths.models / f"{variant}.keras",
-        tuned=folder / "tuned.json",
+        model=paths.models / f"{run_name(variant, seed)}.keras",
+        tuned=tuned_file(paths, variant),
         run=folder / "mlflow_run.json",
         history=folder / "history.csv",
         train_metrics=folder / "train_metrics.json",

@@ -37,6 +37,7 @@ class PathsParams(Section):
     models: Path = Path("models")
     results: Path = Path("results")
     comparison: Path = Path("comparison")
+    report: Path = Path("reports/report.html")
 
 
 class DataParams(Section):
@@ -205,6 +206,7 @@ class Params(Section):
     """The whole of params.yaml."""
 
     seed: Annotated[int, Field(ge=0)] = 42
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [42]
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
     normalize: NormalizeParams = NormalizeParams()
@@ -212,6 +214,13 @@ class Params(Section):
     variants: Annotated[dict[VariantName, VariantOverrides], Field(min_length=1)]
     tune: TuneParams = TuneParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_are_distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"must not repeat a seed (got {seeds})")
+        return seeds
 
     def variant(self, name: str) -> TrainParams:
         """The effective training settings of one variant: `train` with its overrides."""

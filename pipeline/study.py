@@ -480,7 +480,9 @@ class TuningRuns:
                 self.experiment_id, run_name=f"tune-{self.spec.variant}", tags=self._tags()
             )
             self.parent_id = run.info.run_id
-            settings = flat_params(self.params, self.spec.variant, self.spec.settings)
+            settings = flat_params(
+                self.params, self.spec.variant, self.params.seed, self.spec.settings
+            )
             settings.pop(f"train.{PARAM}")  # searched, not set
             search = {
                 f"tune.{key}": value
@@ -532,7 +534,7 @@ class TuningRuns:
             self.client,
             run_id,
             {
-                **flat_params(self.params, self.spec.variant, settings),
+                **flat_params(self.params, self.spec.variant, self.params.seed, settings),
                 "optuna.study": self.spec.name,
                 "optuna.trial_number": trial.number,
             },

@@ -1,4 +1,4 @@
-"""Stage `train@<variant>`: train one variant of the article's CNN, tracked in MLflow."""
+"""Stage `train@<variant>-<seed>`: train one variant of the article's CNN, tracked in MLflow."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.figures import learning_curves_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
 from pipeline.history import HISTORY_FIELDS, History, write_history
-from pipeline.layout import project_root, variant_files
+from pipeline.layout import project_root, run_name, variant_files
 from pipeline.model import augmentation_layers, build_model, export_model
 from pipeline.normalize import PREPARED_KEYS
 from pipeline.params import Params, SpeedParams, TrainParams, load_params
@@ -334,9 +334,9 @@ def final_metrics(
     }
 
 
-def flat_params(params: Params, variant: str, settings: TrainParams) -> dict[str, Any]:
+def flat_params(params: Params, variant: str, seed: int, settings: TrainParams) -> dict[str, Any]:
     """Every effective hyperparameter of a run, flattened to dotted keys for MLflow."""
-    flat: dict[str, Any] = {"variant": variant, "seed": params.seed}
+    flat: dict[str, Any] = {"variant": variant, "seed": seed, "data.seed": params.seed}
     flat.update(_flatten("train", settings.model_dump()))
     flat.update(_flatten("data", params.data.model_dump(exclude={"url", "md5"})))
     flat["normalize.method"] = params.normalize.method
@@ -355,12 +355,14 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     """Entry point of `python -m pipeline.train <variant>`."""
-    run_stage(_run, stage_parser(__doc__, variant=True).parse_args())
+    run_stage(_run, stage_parser(__doc__, variant=True, seed=True).parse_args())
 
 
 def _run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    files = variant_files(params.paths, args.variant)
+    seed = params.seeds[0] if args.seed is None else args.seed
+    name = run_name(args.variant, seed)
+    files = variant_files(params.paths, args.variant, seed)
     tuned = read_json(files.tuned)
     settings = params.variant(args.variant).model_copy(
         update={"learning_rate": float(tuned["learning_rate"])}
@@ -371,11 +373,13 @@ def _run(args: argparse.Namespace) -> None:
     data = training_data(read_npz(params.paths.prepared_dataset, PREPARED_KEYS), settings)
     raw_example = read_npz(params.paths.raw_dataset, ("x_train",))["x_train"][:2]
 
-    tags = tracking.run_tags(args.variant, provenance["sha256"], params.seed)
+    tags = tracking.run_tags(args.variant, provenance["sha256"], seed)
     checkpoints = None
     resumed_run_id = None
     if settings.resume:
-        checkpoints = checkpoint_folder(flat_params(params, args.variant, settings), provenance)
+        checkpoints = checkpoint_folder(
+            flat_params(params, args.variant, seed, settings), provenance
+        )
         if (checkpoints / "mlflow_run.json").is_file():
             resumed_run_id = read_json(checkpoints / "mlflow_run.json")["run_id"]
     with (
@@ -392,7 +396,7 @@ def _run(args: argparse.Namespace) -> None:
             write_json(checkpoints / "mlflow_run.json", {"run_id": run_id})
         mlflow.log_params(
             {
-                **flat_params(params, args.variant, settings),
+                **flat_params(params, args.variant, seed, settings),
                 "train.learning_rate_source": tuned["source"],
             }
         )
@@ -406,14 +410,15 @@ def _run(args: argparse.Namespace) -> None:
             ),
             context="training",
         )
-        log.info("training %s (MLflow run %s): %s", args.variant, run_id, settings)
+        log.info("training %s (MLflow run %s): %s", name, run_id, settings)
+        # Every seed probes the same images: the data seed picks them.
         probes = probe_callback(
             data, settings, params.seed, MlflowProbeMetrics(mlflow.MlflowClient(), run_id)
         )
         result = train_model(
             data,
             settings,
-            params.seed,
+            seed,
             [MlflowEpochMetrics(mlflow.MlflowClient(), run_id), probes],
             checkpoints,
         )
@@ -421,7 +426,7 @@ def _run(args: argparse.Namespace) -> None:
         with atomic_path(files.model) as temporary:
             exported.save(temporary)
         write_history(files.history, result.history)
-        save(learning_curves_figure(args.variant, result.history), files.learning_curves)
+        save(learning_curves_figure(name, result.history), files.learning_curves)
         write_probes(files.probes, probes.rows)
         write_preactivations(files.preactivations, probes.histograms)
         metrics = final_metrics(result, settings.learning_rate, probes.seconds)
@@ -439,7 +444,7 @@ def _run(args: argparse.Namespace) -> None:
     write_json(files.run, {"run_id": run_id, "experiment": params.mlflow.experiment})
     log.info(
         "%s: val_accuracy %.4f after %d epochs",
-        args.variant,
+        name,
         metrics["val_accuracy"],
         metrics["epochs"],
     )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pipeline.cli import add_common_arguments, run_stage
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.layout import variant_files
+from pipeline.layout import tuned_file
 from pipeline.params import Params, load_params
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ def _run(args: argparse.Namespace) -> None:
     settings = params.variant(args.variant)
     worker = args.n_trials is not None or args.storage is not None
     n_trials = args.n_trials if args.n_trials is not None else params.tune.n_trials
-    files = variant_files(params.paths, args.variant)
+    tuned = tuned_file(params.paths, args.variant)
     if n_trials == 0 and not worker:
-        write_json(files.tuned, {"learning_rate": settings.learning_rate, "source": "params"})
+        write_json(tuned, {"learning_rate": settings.learning_rate, "source": "params"})
         log.info("%s: learning rate %g from params.yaml", args.variant, settings.learning_rate)
         return
     if n_trials == 0:
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> None:
     if worker:
         log.info("%s: %s", args.variant, summary.describe())
         return
-    write_json(files.tuned, summary.tuned())
+    write_json(tuned, summary.tuned())
     log.info("%s: %s", args.variant, summary.describe())
 
 

@@ -28,10 +28,11 @@ STAGE_FILES = {
 
 
 def declared_paths(stage: dict[str, Any], variables: dict[str, str]) -> set[str]:
-    """The outs, metrics and plots of a `foreach` stage body, with ${...} filled in."""
+    """The outs, metrics and plots of a `foreach` or `matrix` stage, with ${...} filled in."""
+    body = stage.get("do", stage)
     paths = set()
     for section in ("outs", "metrics", "plots"):
-        for entry in stage["do"].get(section, []):
+        for entry in body.get(section, []):
             template = entry if isinstance(entry, str) else next(iter(entry))
             paths.add(re.sub(r"\$\{([^}]+)\}", lambda match: variables[match[1]], template))
     return paths
@@ -40,11 +41,20 @@ def declared_paths(stage: dict[str, Any], variables: dict[str, str]) -> set[str]
 def test_per_variant_outputs_match_the_layout() -> None:
     params = load_params(ROOT / "params.yaml")
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert (
+        set(stages["train"]["matrix"]) == set(stages["evaluate"]["matrix"]) == {"variant", "seed"}
+    )
     for variant in params.variants:
-        files = variant_files(params.paths, variant)
-        variables = {"key": variant, **{f"paths.{k}": str(v) for k, v in params.paths}}
-        for stage, names in STAGE_FILES.items():
-            expected = {str(getattr(files, name)) for name in names}
-            assert declared_paths(stages[stage], variables) == expected, stage
+        for seed in (*params.seeds, 7):
+            files = variant_files(params.paths, variant, seed)
+            variables = {
+                "key": variant,
+                "item.variant": variant,
+                "item.seed": str(seed),
+                **{f"paths.{k}": str(v) for k, v in params.paths},
+            }
+            for stage, names in STAGE_FILES.items():
+                expected = {str(getattr(files, name)) for name in names}
+                assert declared_paths(stages[stage], variables) == expected, stage
     every_file = {field for names in STAGE_FILES.values() for field in names}
-    assert every_file == set(vars(variant_files(params.paths, "any")))
+    assert every_file == set(vars(variant_files(params.paths, "any", 0)))

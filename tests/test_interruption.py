@@ -117,7 +117,7 @@ def train_until_epoch(root: Path, epoch: int, signum: int) -> subprocess.Complet
 
 def train_metrics(root: Path) -> dict[str, float]:
     """The training metrics that do not depend on the machine's speed."""
-    metrics = json.loads((root / "results/bn/train_metrics.json").read_text())
+    metrics = json.loads((root / "results/bn-42/train_metrics.json").read_text())
     return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "images_per_second")}
 
 
@@ -172,11 +172,11 @@ def test_resumed_training_continues_from_the_last_completed_epoch(tmp_path: Path
 
     assert "resuming after epoch 3" in resumed.stderr
     assert f"Epoch 4/{EPOCHS}" in resumed.stdout and "Epoch 1/" not in resumed.stdout
-    history = (root / "results/bn/history.csv").read_text().splitlines()
+    history = (root / "results/bn-42/history.csv").read_text().splitlines()
     assert len(history) == 1 + EPOCHS
     assert run_statuses(root) == ["FINISHED"]  # the killed run, resumed and finished
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    run_id = json.loads((root / "results/bn/mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((root / "results/bn-42/mlflow_run.json").read_text())["run_id"]
     steps = [metric.step for metric in client.get_metric_history(run_id, "val_accuracy")]
     assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
     assert not list((root / ".cache" / "resume").iterdir()), "checkpoints go once done"

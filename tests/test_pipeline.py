@@ -62,7 +62,7 @@ def runs_by_name(repo: Path) -> dict[str, list[mlflow.entities.Run]]:
 def test_repro_writes_every_declared_output(reproduced: Path) -> None:
     params = load_params(reproduced / "params.yaml")
     for variant in VARIANTS:
-        files = variant_files(params.paths, variant)
+        files = variant_files(params.paths, variant, 42)
         for path in vars(files).values():
             assert (reproduced / path).is_file(), path
     for name in ("loss.png", "accuracy.png", "summary.md", "curves.csv", "summary.json"):
@@ -71,7 +71,10 @@ def test_repro_writes_every_declared_output(reproduced: Path) -> None:
         png = (reproduced / "comparison" / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n"), name
     summary = (reproduced / "comparison" / "summary.md").read_text()
-    assert "| plain |" in summary and "| bn |" in summary
+    assert "| plain | 42 |" in summary and "| bn | 42 |" in summary
+    report = (reproduced / "reports/report.html").read_text()
+    assert report.count("data:image/png;base64,") == 5
+    assert "<td>bn</td>" in report
 
 
 def test_second_repro_runs_nothing(reproduced: Path) -> None:
@@ -94,12 +97,12 @@ def test_changing_val_fraction_leaves_fetch_cached(reproduced: Path) -> None:
 def test_metrics_and_plots_are_readable_by_dvc(reproduced: Path) -> None:
     metrics = json.loads(dvc(reproduced, "metrics", "show", "--json").stdout)
     (workspace,) = (revision["data"] for revision in metrics.values())
-    test_metrics = workspace["results/bn/test_metrics.json"]["data"]
+    test_metrics = workspace["results/bn-42/test_metrics.json"]["data"]
     assert 0 <= test_metrics["test_accuracy"] <= 1
     assert set(test_metrics["per_class_accuracy"]) >= {"airplane", "truck"}
     rendered = dvc(reproduced, "plots", "show", "--json").stdout
     assert "Accuracy per epoch" in rendered
-    assert "results/bn/confusion.csv" in rendered
+    assert "results/bn-42/confusion.csv" in rendered
     assert "Gradient norm per layer" in rendered
     layers = list(csv.DictReader((reproduced / "comparison/layers.csv").open()))
     # 6 weighted layers x 2 variants x (first, last) probed epoch, here epochs 1 and 2.
@@ -140,7 +143,7 @@ def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
             "confusion.png",
         } <= artifacts
     (compare,) = runs["compare"]
-    assert compare.data.tags["run.bn"] == runs["bn"][0].info.run_id
+    assert compare.data.tags["run.bn-42"] == runs["bn"][0].info.run_id
 
 
 def test_logged_model_predicts_raw_images_like_the_keras_file(reproduced: Path) -> None:
@@ -156,7 +159,9 @@ def test_logged_model_predicts_raw_images_like_the_keras_file(reproduced: Path) 
     images = np.load(reproduced / "data/raw/cifar10.npz")["x_test"][:5]
     assert images.dtype == np.uint8
     from_mlflow = np.asarray(pyfunc.predict(images))
-    from_file = keras.models.load_model(reproduced / "models/bn.keras").predict(images, verbose=0)
+    from_file = keras.models.load_model(reproduced / "models/bn-42.keras").predict(
+        images, verbose=0
+    )
     assert from_mlflow.shape == (5, 10)
     assert np.allclose(from_mlflow, from_file, atol=1e-5)
 
@@ -181,3 +186,29 @@ def test_diverging_training_fails_and_marks_the_run_failed(reproduced: Path) -> 
     failed = [run for run in runs_by_name(reproduced)["plain"] if run.info.status == "FAILED"]
     assert len(failed) == 1
     shutil.rmtree(elsewhere)
+
+
+def test_a_second_seed_adds_only_its_own_runs_and_the_spread(
+    reproduced: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "two-seeds"
+    shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("diverging"))
+    edit_params(copy, lambda values: values.update(seeds=[42, 7]))
+    stages = dvc(copy, "stage", "list", "--name-only").stdout.split()
+    assert {"train@plain-7", "train@bn-42", "evaluate@bn-7"} <= set(stages)
+    ran = dvc(copy, "repro").stdout
+    assert "Running stage 'train@bn-7'" in ran
+    assert "Running stage 'train@bn-42'" not in ran  # seed 42 is cached
+    summary = json.loads((copy / "comparison/summary.json").read_text())
+    assert set(summary["runs"]) == {"plain-42", "plain-7", "bn-42", "bn-7"}
+    assert summary["variants"]["bn"]["seeds"] == 2
+    gap = summary["differences"]["bn - plain"]
+    assert gap["ci_low"] <= gap["test_accuracy_difference"] <= gap["ci_high"]
+    tested = [
+        summary["runs"][f"{v}-{s}"]["test_accuracy"] for v in ("bn", "plain") for s in (42, 7)
+    ]
+    assert gap["test_accuracy_difference"] == pytest.approx(
+        (tested[0] + tested[1] - tested[2] - tested[3]) / 2
+    )
+    seeds = {run.data.tags["seed"] for run in runs_by_name(copy)["bn"]}
+    assert seeds == {"42", "7"}
