@@ -4,7 +4,6 @@ variants and seeds, and a self-contained report."""
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 from pathlib import Path
@@ -15,7 +14,7 @@ import mlflow
 from pipeline import tracking
 from pipeline.cli import run_stage, stage_parser
 from pipeline.figures import curves_figure, layer_profile_figure, preactivation_figure, save
-from pipeline.files import atomic_path, read_json, write_json, write_text
+from pipeline.files import read_json, write_csv, write_json, write_text
 from pipeline.history import History, read_history
 from pipeline.layout import run_name, variant_files
 from pipeline.params import PathsParams, load_params
@@ -186,14 +185,6 @@ def first_and_last_epochs(probes: dict[str, list[ProbeRow]]) -> list[dict[str, A
 
 def _blank_if_nan(value: Any) -> Any:
     return "" if isinstance(value, float) and math.isnan(value) else value
-
-
-def write_csv(target: Path, fields: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    """Rows as CSV, atomically."""
-    with atomic_path(target) as temporary, temporary.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main() -> None:

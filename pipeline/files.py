@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,14 @@ def write_text(target: Path, text: str) -> None:
     """Write text, atomically."""
     with atomic_path(target) as temporary:
         temporary.write_text(text)
+
+
+def write_csv(target: Path, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write rows as CSV with a header, atomically."""
+    with atomic_path(target) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_npz(target: Path, **arrays: np.ndarray) -> None:

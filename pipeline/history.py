@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.files import write_csv
 
 HISTORY_FIELDS = (
     "epoch",
@@ -24,10 +24,7 @@ History = list[dict[str, float]]
 
 def write_history(target: Path, history: History) -> None:
     """Write the history as CSV, atomically."""
-    with atomic_path(target) as temporary, temporary.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
+    write_csv(target, HISTORY_FIELDS, history)
 
 
 def read_history(source: Path) -> History:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, read_json, write_json
+from pipeline.files import read_json, write_csv, write_json
 
 SATURATED_ABOVE = 4.0  # sigmoid'(4) ≈ 0.018, under a tenth of its peak 0.25
 HISTOGRAM_EDGES = np.linspace(-12.0, 12.0, 97)  # values outside land in the end bins
@@ -221,10 +221,7 @@ class ProbeCallback(keras.callbacks.Callback):
 
 def write_probes(target: Path, rows: list[ProbeRow]) -> None:
     """The probe rows as CSV (one row per epoch and layer), atomically."""
-    with atomic_path(target) as temporary, temporary.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=PROBE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(target, PROBE_FIELDS, rows)
 
 
 def read_probes(source: Path) -> list[ProbeRow]:
