@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import PipelineError
 
@@ -124,6 +131,16 @@ class TrainParams(ModelSettings):
     )
     speed: SpeedParams = SpeedParams()
     probe: ProbeParams = ProbeParams()
+
+    @model_validator(mode="after")
+    def _xla_is_not_silently_off(self) -> TrainParams:
+        # Keras quietly compiles without XLA while TensorFlow's op determinism is on.
+        if self.speed.jit_compile and self.deterministic:
+            raise ValueError(
+                "train.speed.jit_compile needs train.deterministic: false (Keras turns XLA "
+                "off under op determinism)"
+            )
+        return self
 
 
 class VariantOverrides(Section):

@@ -21,6 +21,7 @@ import tensorflow as tf
 from mlflow.data.numpy_dataset import from_numpy
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
+from tensorflow.python.framework import config as tf_config
 
 from pipeline import tracking
 from pipeline.cli import run_stage, stage_parser
@@ -79,6 +80,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:
+        # Process-wide: an earlier deterministic training would otherwise keep XLA off.
+        tf_config.disable_op_determinism()
 
 
 def configure_threads(speed: SpeedParams) -> None:
