@@ -96,6 +96,10 @@ class SpeedParams(Section):
     mixed_precision: bool = Field(
         default=False, description="mixed_bfloat16: fast only on CPUs with native bfloat16"
     )
+    fused_batch_norm: bool = Field(
+        default=True,
+        description="train BatchNormalization with TensorFlow's fused kernel (same function)",
+    )
     intra_op_threads: Annotated[int, Field(ge=0)] = Field(
         default=0, description="threads inside one op; 0 lets TensorFlow use every core"
     )

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from pipeline.probes import (
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 500
+PREFETCH_BATCHES = 4  # batches prepared ahead of the training step
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def make_datasets(
     if augment.layers:
         train = train.map(
             lambda x, y: (augment(x, training=True), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=os.cpu_count() or 1,
             deterministic=True,
         )
     steps = None
@@ -131,7 +133,23 @@ def make_datasets(
     validation = tf.data.Dataset.from_tensor_slices(
         (data.x_val, data.y_val.astype(np.int32))
     ).batch(EVAL_BATCH_SIZE)
-    return train.prefetch(tf.data.AUTOTUNE), validation.prefetch(tf.data.AUTOTUNE), steps
+    return (
+        without_autotune(train.prefetch(PREFETCH_BATCHES)),
+        without_autotune(validation.prefetch(PREFETCH_BATCHES)),
+        steps,
+    )
+
+
+def without_autotune(dataset: Any) -> Any:
+    """`dataset` with tf.data's autotuner off: fixed parallelism and buffers instead.
+
+    With the autotuner on, the first step of about one epoch in three stalled for 5 s on a
+    2-core machine (README "Training speed"), while the input runs 10x faster than training
+    with any sensible fixed setting, so there is nothing for it to tune.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def make_optimizer(settings: TrainParams) -> Any:
@@ -146,7 +164,7 @@ def make_optimizer(settings: TrainParams) -> Any:
 
 def compiled_model(settings: TrainParams) -> keras.Model:
     """The variant's model, compiled with its optimizer and speed options."""
-    model = build_model(settings, mixed_precision=settings.speed.mixed_precision)
+    model = build_model(settings, speed=settings.speed)
     model.compile(
         optimizer=make_optimizer(settings),
         loss="sparse_categorical_crossentropy",

@@ -5,10 +5,17 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from pipeline.model import augmentation_layers, build_model, export_model
+from pipeline.model import (
+    FusedBatchNormalization,
+    augmentation_layers,
+    build_model,
+    export_model,
+    with_stock_layers,
+)
 from pipeline.normalize import apply_normalization, compute_stats
-from pipeline.params import AugmentationParams, ModelSettings, NormalizeParams
+from pipeline.params import AugmentationParams, ModelSettings, NormalizeParams, SpeedParams
 
 
 def article_model(batch_norm: bool) -> keras.Model:
@@ -46,13 +53,51 @@ def test_same_structure_parameters_and_function_as_the_article(batch_norm: bool)
     ours = build_model(ModelSettings(batch_norm=batch_norm))
     theirs = article_model(batch_norm)
     assert ours.count_params() == theirs.count_params() == (592042 if batch_norm else 591274)
-    assert weighted_layer_types(ours) == weighted_layer_types(theirs)
+    assert weighted_layer_types(with_stock_layers(ours)) == weighted_layer_types(theirs)
     # The same weights give the same outputs: the separate Activation layers change nothing.
     ours.set_weights(theirs.get_weights())
     images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     assert np.allclose(
         ours.predict(images, verbose=0), theirs.predict(images, verbose=0), atol=1e-5
     )
+
+
+def test_fused_batch_norm_trains_like_keras_batch_norm() -> None:
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.normal(2.0, 3.0, size=(8, 5, 5, 4)).astype(np.float32))
+    weights = [rng.normal(1, 0.3, 4), rng.normal(0, 0.3, 4), rng.normal(0, 1, 4), rng.random(4)]
+    layers = []
+    for layer in (keras.layers.BatchNormalization(), FusedBatchNormalization()):
+        layer.build(images.shape)
+        layer.set_weights([w.astype(np.float32) for w in weights])
+        layers.append(layer)
+    results = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = layer(images, training=True)
+            loss = tf.reduce_sum(outputs * tf.range(outputs.shape[-1], dtype=tf.float32) ** 2)
+        gradients = tape.gradient(loss, [images, layer.gamma, layer.beta])
+        statistics = [np.array(layer.moving_mean), np.array(layer.moving_variance)]
+        inference = layer(images, training=False)
+        results.append([outputs, *gradients, *statistics, inference])
+    stock, fused = results
+    for expected, actual in zip(stock, fused, strict=True):
+        np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(stock[4], weights[2])  # the moving statistics did move
+
+
+def test_models_train_with_fused_batch_norm_and_export_stock_layers() -> None:
+    fused = build_model(ModelSettings(batch_norm=True))
+    stock = build_model(ModelSettings(batch_norm=True), speed=SpeedParams(fused_batch_norm=False))
+    assert isinstance(fused.get_layer("conv1_bn"), FusedBatchNormalization)
+    assert not isinstance(stock.get_layer("conv1_bn"), FusedBatchNormalization)
+    stats = {"method": "scale", "scale": 1 / 255}
+    exported = export_model(fused, stats)
+    inner = [layer for layer in exported.layers if isinstance(layer, keras.Model)]
+    assert len(inner) == 1
+    assert {type(layer) for layer in inner[0].layers} >= {keras.layers.BatchNormalization}
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in inner[0].layers)
 
 
 def test_bn_position_before_activation() -> None:

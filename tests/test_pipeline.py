@@ -169,11 +169,11 @@ def test_logged_model_predicts_raw_images_like_the_keras_file(reproduced: Path) 
 def test_diverging_training_fails_and_marks_the_run_failed(reproduced: Path) -> None:
     elsewhere = reproduced / "diverging"
     (elsewhere / "results/plain").mkdir(parents=True)
-    (elsewhere / "results/plain/tuned.json").write_text('{"learning_rate": 1e12, "source": "test"}')
+    (elsewhere / "results/plain/tuned.json").write_text('{"learning_rate": 1e6, "source": "test"}')
     params_file = elsewhere / "params.yaml"
     values = yaml.safe_load((reproduced / "params.yaml").read_text())
     values["paths"].update(results=str(elsewhere / "results"), models=str(elsewhere / "models"))
-    values["variants"]["plain"].update(optimizer="sgd", activation="relu")
+    values["variants"]["plain"].update(optimizer="rmsprop", activation="relu")
     params_file.write_text(yaml.safe_dump(values))
     result = run_command(
         [sys.executable, "-m", "pipeline.train", "plain", "--params", str(params_file)],
