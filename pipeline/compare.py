@@ -79,13 +79,18 @@ def summary_rows(
     ]
 
 
-def across_seeds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per variant: test and best validation accuracy as mean ± std over its seeds."""
+def rows_by_variant(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The per-run rows grouped by variant, in the order the variants first appear."""
     variants: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         variants.setdefault(row["variant"], []).append(row)
+    return variants
+
+
+def across_seeds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant: test and best validation accuracy as mean ± std over its seeds."""
     summary = {}
-    for variant, runs in variants.items():
+    for variant, runs in rows_by_variant(rows).items():
         test = spread([run["test_accuracy"] for run in runs])
         val = spread([run["best_val_accuracy"] for run in runs])
         summary[variant] = {
@@ -100,14 +105,15 @@ def across_seeds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def differences(rows: list[dict[str, Any]], baseline: str) -> dict[str, dict[str, Any]]:
     """Each other variant's test accuracy minus the baseline's, with a confidence interval."""
-    by_variant: dict[str, list[float]] = {}
-    for row in rows:
-        by_variant.setdefault(row["variant"], []).append(row["test_accuracy"])
+    accuracies = {
+        variant: [run["test_accuracy"] for run in runs]
+        for variant, runs in rows_by_variant(rows).items()
+    }
     result = {}
-    for variant, values in by_variant.items():
+    for variant, values in accuracies.items():
         if variant == baseline:
             continue
-        gap = difference(values, by_variant[baseline])
+        gap = difference(values, accuracies[baseline])
         result[f"{variant} - {baseline}"] = {
             "test_accuracy_difference": gap.mean,
             "ci_low": None if math.isnan(gap.low) else gap.low,
