@@ -214,15 +214,28 @@ def _run(args: argparse.Namespace) -> None:
     variants = across_seeds(rows)
     gaps = differences(rows, baseline=next(iter(params.variants)))
 
-    # The figures show each variant's first seed; the tables cover every seed.
-    first = {variant: run_name(variant, params.seeds[0]) for variant in params.variants}
+    # The figures show every seed (mean and range); the CSVs for `dvc plots` the first seed.
+    by_variant = {
+        variant: [run_name(variant, seed) for seed in params.seeds] for variant in params.variants
+    }
+    first = {variant: names[0] for variant, names in by_variant.items()}
     out = comparison_files(params.paths)
-    first_histories = {variant: histories[name] for variant, name in first.items()}
-    write_csv(out["curves"], CURVE_FIELDS, long_curves(first_histories))
-    save(curves_figure(first_histories, "loss", "Loss per epoch"), out["loss_png"])
-    save(curves_figure(first_histories, "accuracy", "Accuracy per epoch"), out["accuracy_png"])
-    probes = {variant: read_probes(runs[name].probes) for variant, name in first.items()}
-    write_csv(out["layers"], LAYER_FIELDS, first_and_last_epochs(probes))
+    write_csv(
+        out["curves"],
+        CURVE_FIELDS,
+        long_curves({variant: histories[name] for variant, name in first.items()}),
+    )
+    seed_histories = {v: [histories[name] for name in names] for v, names in by_variant.items()}
+    save(curves_figure(seed_histories, "loss", "Loss per epoch"), out["loss_png"])
+    save(curves_figure(seed_histories, "accuracy", "Accuracy per epoch"), out["accuracy_png"])
+    probes = {
+        v: [read_probes(runs[name].probes) for name in names] for v, names in by_variant.items()
+    }
+    write_csv(
+        out["layers"],
+        LAYER_FIELDS,
+        first_and_last_epochs({variant: probes[variant][0] for variant in probes}),
+    )
     save(
         layer_profile_figure(probes, "grad_norm", "Gradient norm per layer", log_scale=True),
         out["gradients_png"],
@@ -232,10 +245,11 @@ def _run(args: argparse.Namespace) -> None:
         out["derivatives_png"],
     )
     preactivations = {
-        variant: read_preactivations(runs[name].preactivations) for variant, name in first.items()
+        v: [read_preactivations(runs[name].preactivations) for name in names]
+        for v, names in by_variant.items()
     }
-    edges = next(iter(preactivations.values()))[0]
-    histograms = {variant: run for variant, (_, run) in preactivations.items()}
+    edges = next(iter(preactivations.values()))[0][0]
+    histograms = {v: [run for _, run in seed_runs] for v, seed_runs in preactivations.items()}
     save(preactivation_figure(edges, histograms), out["preactivations_png"])
     table = markdown_table(rows)
     seeds_table = seeds_markdown(variants, gaps)
@@ -247,7 +261,7 @@ def _run(args: argparse.Namespace) -> None:
         out["summary_json"],
         {"runs": {row["run"]: row for row in rows}, "variants": variants, "differences": gaps},
     )
-    write_report(params.paths.report, table, seeds_table, out, params.seeds[0])
+    write_report(params.paths.report, table, seeds_table, out, params.seeds)
 
     experiment_id = tracking.connect(params.mlflow.experiment)
     tags = {**tracking.source_tags(), **{f"run.{name}": run_id for name, run_id in run_ids.items()}}

@@ -26,24 +26,33 @@ def save(figure: plt.Figure, target: Path) -> None:
     plt.close(figure)
 
 
-def curves_figure(histories: Mapping[str, History], metric: str, title: str) -> plt.Figure:
-    """Training (solid) and validation (dashed) `metric` per epoch, one colour per run."""
+def curves_figure(
+    histories: Mapping[str, Sequence[History]], metric: str, title: str
+) -> plt.Figure:
+    """Training (solid) and validation (dashed) `metric` per epoch, one colour per variant: the
+    mean over the variant's seeds, shaded from the lowest to the highest seed."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for (name, history), colour in zip(histories.items(), _colours(), strict=False):
-        epochs = [row["epoch"] for row in history]
-        axes.plot(epochs, [row[metric] for row in history], color=colour, label=f"{name} train")
-        axes.plot(
-            epochs,
-            [row[f"val_{metric}"] for row in history],
-            color=colour,
-            linestyle="--",
-            label=f"{name} validation",
-        )
+    for (name, runs), colour in zip(histories.items(), _colours(), strict=False):
+        epochs = [row["epoch"] for row in runs[0]]
+        seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+        for key, style, split in ((metric, "-", "train"), (f"val_{metric}", "--", "validation")):
+            centre, low, high = seed_band([[row[key] for row in run] for run in runs])
+            axes.plot(epochs, centre, style, color=colour, label=f"{name} {split}{seeds}")
+            axes.fill_between(epochs, low, high, color=colour, alpha=0.15, linewidth=0)
     axes.set(xlabel="epoch", ylabel=metric, title=title)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend()
     return figure
+
+
+def seed_band(
+    series: Sequence[Sequence[float]], geometric: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point by point over seeds: the mean (geometric, for a log axis) and the min and max."""
+    values = np.asarray(series, dtype=float)
+    centre = np.exp(np.log(values).mean(axis=0)) if geometric else values.mean(axis=0)
+    return centre, values.min(axis=0), values.max(axis=0)
 
 
 def learning_curves_figure(name: str, history: History) -> plt.Figure:
@@ -88,31 +97,44 @@ def _colours() -> list[str]:
 
 
 def layer_profile_figure(
-    probes: Mapping[str, Sequence[Mapping[str, Any]]],
+    probes: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
     field: str,
     title: str,
     log_scale: bool = False,
 ) -> plt.Figure:
-    """`field` per layer, input to output, one colour per run: first probed epoch dashed,
-    last solid. Layers without the field (NaN) are left out."""
+    """`field` per layer, input to output, one colour per variant: first probed epoch dashed,
+    last solid; the mean over the variant's seeds (geometric on a log scale), shaded from the
+    lowest to the highest seed. Layers without the field (NaN) are left out."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     labels: dict[int, str] = {}
-    for (name, rows), colour in zip(probes.items(), _colours(), strict=False):
-        epochs = sorted({int(row["epoch"]) for row in rows})
+    for (name, runs), colour in zip(probes.items(), _colours(), strict=False):
+        epochs = sorted({int(row["epoch"]) for row in runs[0]})
         for epoch, style in ((epochs[0], "--"), (epochs[-1], "-")) if epochs else ():
-            points = [
-                (int(row["depth"]), float(row[field]))
-                for row in rows
-                if int(row["epoch"]) == epoch and np.isfinite(float(row[field]))
+            per_seed = [
+                {
+                    int(row["depth"]): float(row[field])
+                    for row in rows
+                    if int(row["epoch"]) == epoch and np.isfinite(float(row[field]))
+                }
+                for rows in runs
             ]
-            labels |= {int(r["depth"]): str(r["layer"]) for r in rows if int(r["epoch"]) == epoch}
+            depths = sorted(set.intersection(*(set(values) for values in per_seed)))
+            labels |= {
+                int(r["depth"]): str(r["layer"]) for r in runs[0] if int(r["epoch"]) == epoch
+            }
+            centre, low, high = seed_band(
+                [[values[depth] for depth in depths] for values in per_seed], geometric=log_scale
+            )
+            seeds = f", {len(runs)} seeds" if len(runs) > 1 else ""
             axes.plot(
-                *zip(*points, strict=True),
+                depths,
+                centre,
                 style,
                 marker="o",
                 color=colour,
-                label=f"{name}, epoch {epoch}",
+                label=f"{name}, epoch {epoch}{seeds}",
             )
+            axes.fill_between(depths, low, high, color=colour, alpha=0.12, linewidth=0)
     axes.set(xlabel="layer (input → output)", ylabel=field.replace("_", " "), title=title)
     if not labels:
         return _no_probes(figure, axes)
@@ -130,12 +152,20 @@ def _no_probes(figure: plt.Figure, axes: Any) -> plt.Figure:
 
 
 def preactivation_figure(
-    edges: np.ndarray, histograms: Mapping[str, Mapping[int, Mapping[str, Sequence[int]]]]
+    edges: np.ndarray,
+    histograms: Mapping[str, Sequence[Mapping[int, Mapping[str, Sequence[int]]]]],
 ) -> plt.Figure:
     """Pre-activation histograms: a row per layer, the first and the last probed epoch side by
-    side, one colour per run; the sigmoid's flat tails (|z| > 4) are shaded."""
+    side, one colour per variant (its seeds' histograms averaged); the sigmoid's flat tails
+    (|z| > 4) are shaded."""
     layers = list(
-        dict.fromkeys(layer for run in histograms.values() for h in run.values() for layer in h)
+        dict.fromkeys(
+            layer
+            for runs in histograms.values()
+            for run in runs
+            for h in run.values()
+            for layer in h
+        )
     )
     if not layers:
         figure, axes = plt.subplots(figsize=(6.4, 2))
@@ -147,15 +177,19 @@ def preactivation_figure(
     for column, pick in enumerate(("first", "last")):
         for row, layer in enumerate(layers):
             axes = grid[row][column]
-            for (name, run), colour in zip(histograms.items(), _colours(), strict=False):
-                if not run:
-                    continue
-                epoch = min(run) if pick == "first" else max(run)
-                counts = np.asarray(run[epoch].get(layer, []), dtype=float)
-                if counts.sum():
+            for (name, runs), colour in zip(histograms.items(), _colours(), strict=False):
+                shares = []
+                for run in runs:
+                    if not run:
+                        continue
+                    epoch = min(run) if pick == "first" else max(run)
+                    counts = np.asarray(run[epoch].get(layer, []), dtype=float)
+                    if counts.sum():
+                        shares.append(counts / counts.sum())
+                if shares:
                     axes.step(
                         centres,
-                        counts / counts.sum(),
+                        np.mean(shares, axis=0),
                         where="mid",
                         color=colour,
                         label=f"{name}, epoch {epoch}",

@@ -29,8 +29,19 @@ FIGURES = (
 )
 
 
+def figures_note(seeds: list[int]) -> str:
+    """What the figures' lines stand for."""
+    if len(seeds) == 1:
+        return f"Each variant's run with seed {seeds[0]}."
+    listed = ", ".join(str(seed) for seed in seeds)
+    return (
+        f"Each variant's mean over its runs with seeds {listed} (gradient norms: geometric "
+        "mean), shaded from the lowest to the highest seed; histograms averaged over seeds."
+    )
+
+
 def write_report(
-    target: Path, runs_table: str, seeds_table: str, figures: dict[str, Path], first_seed: int
+    target: Path, runs_table: str, seeds_table: str, figures: dict[str, Path], seeds: list[int]
 ) -> None:
     """Write the report: the Markdown tables as HTML, then each figure embedded as base64."""
     parts = [
@@ -46,7 +57,7 @@ def write_report(
         markdown_to_html(runs_table),
         "<h2>Across seeds</h2>",
         markdown_to_html(seeds_table),
-        f"<h2>Figures</h2><p>Each variant's run with seed {first_seed}.</p>",
+        f"<h2>Figures</h2><p>{html.escape(figures_note(seeds))}</p>",
     ]
     for key, caption in FIGURES:
         encoded = base64.b64encode(figures[key].read_bytes()).decode("ascii")
