@@ -178,7 +178,7 @@ class TuneParams(Section):
     lr_high: PositiveFloat = 1e-1
     epochs: PositiveInt = 3
     subset: PositiveInt | None = Field(
-        default=10000, description="training images per trial (None: the whole split)"
+        default=None, description="training images per trial (None: the whole split)"
     )
     sampler_seed: int = 0
     pruner: PrunerParams = PrunerParams()

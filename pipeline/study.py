@@ -39,6 +39,7 @@ from pipeline.errors import PipelineError
 from pipeline.figures import save
 from pipeline.files import read_npz
 from pipeline.layout import project_root
+from pipeline.model import NUM_CLASSES
 from pipeline.params import Params, TrainParams, TuneParams
 from pipeline.train import MlflowEpochMetrics, TrainingData, flat_params, train_model, training_data
 
@@ -49,6 +50,10 @@ MONITOR = "val_accuracy"
 JOURNAL_FILE = "optuna.journal"
 JOURNAL_PREFIX = "journal:"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A best trial no better than guessing (plus this margin) learned nothing: the trials are too
+# short to rank learning rates, and the first of many tied trials would win by accident.
+CHANCE_ACCURACY = 1 / NUM_CLASSES
+LEARNED_MARGIN = 0.01
 HEARTBEAT_ATTR = "heartbeat"
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -84,6 +89,14 @@ class StudySummary:
                 f"{self.failed} failed): every learning rate diverged, was pruned or crashed. "
                 "Narrow tune.lr_low..tune.lr_high or raise tune.epochs, and rerun"
             )
+        if not self.learned():
+            raise PipelineError(
+                f"study {self.study}: no learning rate learned anything: the best of "
+                f"{self.complete} complete trials reached {MONITOR} {self.best_value:.3f}, and "
+                f"guessing gets {CHANCE_ACCURACY:.3f}, so the trials cannot rank learning rates. "
+                "Make trials longer (raise tune.epochs, or tune.subset; null uses every training "
+                "image) and rerun: the study starts afresh under its new name"
+            )
         return {
             "learning_rate": self.best_learning_rate,
             "source": "optuna",
@@ -96,14 +109,19 @@ class StudySummary:
             "objective": f"{MONITOR} after the last epoch",
         }
 
+    def learned(self) -> bool:
+        """Whether the best trial did better than guessing."""
+        return self.best_value is not None and self.best_value > CHANCE_ACCURACY + LEARNED_MARGIN
+
     def describe(self) -> str:
         """One line for the log."""
         counts = f"{self.complete} complete, {self.pruned} pruned, {self.failed} failed"
         if self.best_trial is None:
             return f"study {self.study}: {counts}; no complete trial yet"
+        chance = "" if self.learned() else " (no better than guessing: trials too short)"
         return (
             f"study {self.study}: {counts}; best {MONITOR} {self.best_value:.4f} at learning "
-            f"rate {self.best_learning_rate:.4g} (trial {self.best_trial})"
+            f"rate {self.best_learning_rate:.4g} (trial {self.best_trial}){chance}"
         )
 
 

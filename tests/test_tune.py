@@ -372,6 +372,17 @@ def test_rerunning_a_finished_study_runs_no_trial(
 # --- trials and studies in this process ---------------------------------------------------
 
 
+def test_a_study_whose_best_trial_only_guesses_is_refused() -> None:
+    def summary(best_value: float) -> tuning.StudySummary:
+        return tuning.StudySummary("plain-lr-0", "optuna.journal", 3, 3, 0, 0, 0.099, best_value, 0)
+
+    with pytest.raises(PipelineError, match=r"no learning rate learned anything.*0\.100"):
+        summary(0.1).tuned()
+    assert "no better than guessing" in summary(0.1).describe()
+    assert summary(0.35).tuned()["learning_rate"] == 0.099
+    assert "guessing" not in summary(0.35).describe()
+
+
 def test_objective_on_a_fixed_trial() -> None:
     params = tiny_params()
     settings = tuning.trial_settings(params, VARIANT)
@@ -513,7 +524,7 @@ def test_dvc_exp_run_tunes_then_trains_with_the_tuned_rates(tmp_path: Path) -> N
         tuned = read_json(repo / "results" / variant / "tuned.json")
         assert tuned["source"] == "optuna"
         assert tuned["trials"]["complete"] + tuned["trials"]["pruned"] == 2
-        trained = read_json(repo / "results" / variant / "train_metrics.json")
+        trained = read_json(repo / "results" / f"{variant}-42" / "train_metrics.json")
         assert trained["learning_rate"] == pytest.approx(tuned["learning_rate"])
         (train_run,) = [run for run in runs if run.info.run_name == variant]
         assert train_run.data.params["train.learning_rate_source"] == "optuna"
