@@ -118,7 +118,8 @@ def train_until_epoch(root: Path, epoch: int, signum: int) -> subprocess.Complet
 def train_metrics(root: Path) -> dict[str, float]:
     """The training metrics that do not depend on the machine's speed."""
     metrics = json.loads((root / "results/bn-42/train_metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "images_per_second")}
+    timings = ("wall_seconds", "images_per_second", "probe_seconds", "probe_overhead")
+    return {k: v for k, v in metrics.items() if k not in timings}
 
 
 def outputs(root: Path) -> list[str]:
