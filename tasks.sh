@@ -3,6 +3,7 @@
 #
 #   ./tasks.sh pipeline [dvc repro args]   set up, then run the pipeline (dvc repro)
 #   ./tasks.sh test [pytest args]          set up, then run the test suite (without `slow`)
+#   ./tasks.sh exps [dvc exp show args]    experiments at a glance: changed params, headline metrics
 #   ./tasks.sh setup                       only set up
 #   ./tasks.sh lint                        ruff check + format check + mypy
 set -euo pipefail
@@ -44,6 +45,11 @@ case "$task" in
   setup) setup ;;
   pipeline) setup && dvc repro "$@" ;;
   test) setup && python -m pytest -n 2 --dist loadfile "$@" ;;  # one file per worker: module fixtures stay shared
+  # `dvc exp show` has a column per metric of every run (60+ with three seeds) and no setting
+  # to hide them; this keeps the params that differ and comparison/headline.json. The full
+  # table: `dvc exp show`, `dvc exp show --json`, `dvc metrics show`.
+  exps) setup && dvc exp show --only-changed --drop '^(results/|comparison/summary\.json:)' \
+    --precision 4 "$@" ;;
   lint) setup && ruff check . && ruff format --check . && mypy pipeline bench tests ;;
   *)
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

@@ -30,10 +30,10 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
+from pipeline.callbacks import MlflowEpochMetrics
 from pipeline.model import build_model
 from pipeline.params import SpeedParams, TrainParams
-from pipeline.train import (
-    MlflowEpochMetrics,
+from pipeline.training import (
     TrainingData,
     compiled_model,
     make_datasets,

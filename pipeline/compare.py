@@ -48,6 +48,7 @@ def comparison_files(paths: PathsParams) -> dict[str, Path]:
         "accuracy_png": folder / "accuracy.png",
         "summary_md": folder / "summary.md",
         "summary_json": folder / "summary.json",
+        "headline": folder / "headline.json",
         "layers": folder / "layers.csv",
         "gradients_png": folder / "gradient_norms.png",
         "derivatives_png": folder / "activation_derivatives.png",
@@ -122,6 +123,24 @@ def differences(rows: list[dict[str, Any]], baseline: str) -> dict[str, dict[str
             "description": gap.describe(),
         }
     return result
+
+
+def headline(
+    variants: dict[str, dict[str, Any]], gaps: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The few numbers `dvc exp show` puts first: each variant's mean test accuracy and each
+    difference to the baseline with its interval (summary.json keeps every number)."""
+    return {
+        "test_acc": {name: row["test_accuracy_mean"] for name, row in variants.items()},
+        **{
+            name.replace(" ", ""): {
+                "diff": gap["test_accuracy_difference"],
+                "ci_low": gap["ci_low"],
+                "ci_high": gap["ci_high"],
+            }
+            for name, gap in gaps.items()
+        },
+    }
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -261,6 +280,7 @@ def _run(args: argparse.Namespace) -> None:
         out["summary_json"],
         {"runs": {row["run"]: row for row in rows}, "variants": variants, "differences": gaps},
     )
+    write_json(out["headline"], headline(variants, gaps))
     write_report(params.paths.report, table, seeds_table, out, params.seeds)
 
     experiment_id = tracking.connect(params.mlflow.experiment)
@@ -269,19 +289,20 @@ def _run(args: argparse.Namespace) -> None:
         mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags),
         tracking.killed_on_interrupt(),
     ):
+        # Sections of their own in MLflow's chart view (it groups on the prefix before "/").
         metrics = {
-            f"{row['run']}.{key}": float(value)
+            f"by_run/{row['run']}/{key}": float(value)
             for row in rows
             for key, value in row.items()
             if key not in ("run", "variant")
         }
         metrics |= {
-            f"{variant}.{key}": float(value)
+            f"by_variant/{variant}/{key}": float(value)
             for variant, row in variants.items()
             for key, value in row.items()
         }
         metrics |= {
-            f"{name.replace(' ', '')}.{key}": float(value)
+            f"difference/{name.replace(' ', '')}/{key}": float(value)
             for name, gap in gaps.items()
             for key, value in gap.items()
             if isinstance(value, float)

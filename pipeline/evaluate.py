@@ -85,12 +85,16 @@ def _run(args: argparse.Namespace) -> None:
     )
     tracking.connect(params.mlflow.experiment)
     with mlflow.start_run(run_id=run["run_id"]), tracking.killed_on_interrupt():
+        # The raw images: the exported model normalizes them itself.
+        tracking.log_dataset(
+            raw["x_test"], raw["y_test"], "test", str(params.paths.raw_dataset), "evaluation"
+        )
         mlflow.log_metrics(
             {
                 "test_loss": metrics["test_loss"],
                 "test_accuracy": metrics["test_accuracy"],
                 **{
-                    f"test_accuracy.{name}": value
+                    f"test_class_accuracy/{name}": value
                     for name, value in metrics["per_class_accuracy"].items()
                 },
             }

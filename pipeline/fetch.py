@@ -25,6 +25,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_npz_and_json
 from pipeline.layout import project_root
 from pipeline.params import DataParams, load_params
+from pipeline.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,8 @@ def class_counts(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, 
 def subset_dataset(dataset: DecodedDataset, limit: int, seed: int) -> DecodedDataset:
     """At most `limit` images per split, stratified by class, in their original order."""
     rng = np.random.default_rng(seed)
-    train = stratified_indices(dataset.y_train, limit, rng)
-    test = stratified_indices(dataset.y_test, limit, rng)
+    train = stratified_sample(dataset.y_train, limit, rng)
+    test = stratified_sample(dataset.y_test, limit, rng)
     return dataclasses.replace(
         dataset,
         x_train=dataset.x_train[train],
@@ -213,35 +214,6 @@ def subset_dataset(dataset: DecodedDataset, limit: int, seed: int) -> DecodedDat
         x_test=dataset.x_test[test],
         y_test=dataset.y_test[test],
     )
-
-
-def stratified_indices(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of at most `limit` labels, shared as equally as possible by class."""
-    classes, counts = np.unique(labels, return_counts=True)
-    quotas = class_quotas(counts, limit)
-    chosen = [
-        rng.choice(np.flatnonzero(labels == label), size=quota, replace=False)
-        for label, quota in zip(classes, quotas, strict=True)
-    ]
-    return np.sort(np.concatenate([np.empty(0, dtype=np.int64), *chosen]))
-
-
-def class_quotas(counts: np.ndarray, limit: int) -> np.ndarray:
-    """Images to take per class: equal shares, a class's unused share going to the others."""
-    counts = np.asarray(counts, dtype=np.int64)
-    quotas = np.zeros_like(counts)
-    remaining = min(limit, int(counts.sum()))
-    while remaining > 0:
-        open_classes = np.flatnonzero(quotas < counts)
-        share = remaining // len(open_classes)
-        if share == 0:
-            # Fewer images left than classes: one more each for the first classes by label.
-            quotas[open_classes[:remaining]] += 1
-            break
-        taken = np.minimum(share, counts[open_classes] - quotas[open_classes])
-        quotas[open_classes] += taken
-        remaining -= int(taken.sum())
-    return quotas
 
 
 def run(args: argparse.Namespace) -> None:

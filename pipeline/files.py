@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -107,6 +108,16 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _save_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """sha256 of arrays' dtypes, shapes and bytes: equal digests mean equal data."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.dtype}{contiguous.shape}".encode())
+        digest.update(contiguous.data)
+    return digest.hexdigest()
 
 
 def read_npz(source: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from pipeline.params import PathsParams
 
+# The arrays of the fetched (raw) and the normalized (prepared) dataset files.
+RAW_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
+PREPARED_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "class_names")
+
 
 @dataclass(frozen=True)
 class VariantFiles:

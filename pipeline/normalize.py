@@ -11,25 +11,19 @@ import numpy as np
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.files import read_npz, write_npz_and_json
+from pipeline.layout import RAW_KEYS
 from pipeline.params import NormalizeParams, load_params
+from pipeline.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
-
-RAW_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
-PREPARED_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "class_names")
 
 
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out): `fraction` of each class held out, chosen with `seed`."""
-    rng = np.random.default_rng(seed)
-    held_out = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        count = round(len(members) * fraction)
-        held_out.append(rng.choice(members, size=count, replace=False))
-    held_out_indices = np.sort(np.concatenate(held_out))
+    """Indices (keep, held_out): `fraction` of the labels held out, stratified, seeded."""
+    size = round(len(labels) * fraction)
+    held_out_indices = stratified_sample(labels, size, np.random.default_rng(seed))
     keep = np.ones(len(labels), dtype=bool)
     keep[held_out_indices] = False
     if not keep.any() or len(held_out_indices) == 0:

@@ -48,11 +48,7 @@ def difference(a: list[float], b: list[float]) -> Difference:
     mean = statistics.fmean(a) - statistics.fmean(b)
     if len(a) < 2 or len(b) < 2:
         return Difference(mean, math.nan, math.nan)
-    var_a, var_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    error = math.sqrt(var_a + var_b)
-    if error == 0:
-        return Difference(mean, mean, mean)
-    # Welch-Satterthwaite degrees of freedom.
-    dof = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
-    half_width = float(stats.t.ppf((1 + CONFIDENCE) / 2, dof)) * error
-    return Difference(mean, mean - half_width, mean + half_width)
+    if statistics.variance(a) == statistics.variance(b) == 0:
+        return Difference(mean, mean, mean)  # no spread at all: scipy's interval is NaN
+    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
+    return Difference(mean, float(interval.low), float(interval.high))

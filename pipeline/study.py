@@ -35,13 +35,15 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import TFKerasPruningCallback
 
 from pipeline import tracking
+from pipeline.callbacks import MlflowEpochMetrics
 from pipeline.errors import PipelineError
 from pipeline.figures import save
-from pipeline.files import read_npz
+from pipeline.files import array_digest, read_npz
 from pipeline.layout import project_root
 from pipeline.model import NUM_CLASSES
 from pipeline.params import Params, TrainParams, TuneParams
-from pipeline.train import MlflowEpochMetrics, TrainingData, flat_params, train_model, training_data
+from pipeline.sampling import stratified_sample
+from pipeline.training import TrainingData, train_model, training_data
 
 log = logging.getLogger(__name__)
 
@@ -339,28 +341,11 @@ def required_keys(settings: TrainParams) -> tuple[str, ...]:
     return (*keys, "x_test", "y_test") if settings.validation_data == "test" else keys
 
 
-def tuning_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of exactly `size` images, each class in proportion to its share.
-
-    Each image is ranked by its quantile within its class in a seeded shuffle; the `size`
-    lowest ranks take every class in turn.
-    """
-    if size is None or size >= len(labels):
-        return np.arange(len(labels))
-    order = np.random.default_rng(seed).permutation(len(labels))
-    rank = np.empty(len(labels))
-    for label in np.unique(labels):
-        members = order[labels[order] == label]
-        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
-    chosen = order[np.argsort(rank[order], kind="stable")[:size]]
-    return np.sort(chosen)
-
-
 def subset_data(data: TrainingData, size: int | None, seed: int) -> TrainingData:
     """The training images trials see (a stratified, seeded subset) and all validation images."""
-    keep = tuning_subset(data.y_train, size, seed)
-    if len(keep) == len(data.y_train):
+    if size is None or size >= len(data.y_train):
         return data
+    keep = stratified_sample(data.y_train, size, np.random.default_rng(seed))
     return TrainingData(data.x_train[keep], data.y_train[keep], data.x_val, data.y_val)
 
 
@@ -374,12 +359,7 @@ def load_tuning_data(
 
 def data_digest(data: TrainingData) -> str:
     """sha256 of the arrays trials see, so that a study never mixes two datasets."""
-    digest = hashlib.sha256()
-    for array in (data.x_train, data.y_train, data.x_val, data.y_val):
-        contiguous = np.ascontiguousarray(array)
-        digest.update(f"{contiguous.dtype}{contiguous.shape}".encode())
-        digest.update(contiguous.data)
-    return digest.hexdigest()
+    return array_digest(data.x_train, data.y_train, data.x_val, data.y_val)
 
 
 # ---------------------------------------------------------------------------------------
@@ -498,7 +478,7 @@ class TuningRuns:
                 self.experiment_id, run_name=f"tune-{self.spec.variant}", tags=self._tags()
             )
             self.parent_id = run.info.run_id
-            settings = flat_params(
+            settings = tracking.flat_params(
                 self.params, self.spec.variant, self.params.seed, self.spec.settings
             )
             settings.pop(f"train.{PARAM}")  # searched, not set
@@ -552,14 +532,14 @@ class TuningRuns:
             self.client,
             run_id,
             {
-                **flat_params(self.params, self.spec.variant, self.params.seed, settings),
+                **tracking.flat_params(self.params, self.spec.variant, self.params.seed, settings),
                 "optuna.study": self.spec.name,
                 "optuna.trial_number": trial.number,
             },
         )
         self.client.set_tag(run_id, "optuna_trial_state", state.name)
         if value is not None:
-            self.client.log_metric(run_id, "objective", value)
+            self.client.log_metric(run_id, "study/objective", value)
         self.client.set_terminated(run_id, status)
 
     def finish(self, summary: StudySummary | None, study: optuna.Study, status: str) -> None:
@@ -582,7 +562,7 @@ class TuningRuns:
             self.client.log_batch(
                 self.parent_id,
                 metrics=[
-                    Metric(key, float(value), timestamp, 0)
+                    Metric(f"study/{key}", float(value), timestamp, 0)
                     for key, value in metrics.items()
                     if value is not None
                 ],

@@ -12,12 +12,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import numpy as np
+from mlflow.data.numpy_dataset import from_numpy
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import PipelineError
+from pipeline.files import array_digest
 from pipeline.layout import project_root
+from pipeline.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,22 @@ STORE_FILE = "mlflow.db"
 HOST_TAG = "pipeline.host"
 PID_TAG = "pipeline.pid"
 ARTIFACTS_FOLDER = "mlartifacts"
+# `mlflow ui` opens an experiment of this kind on its training runs, not the GenAI view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow's chart view groups metrics in sections by the prefix before "/": timings go to a
+# `speed` section, so the first section holds what people compare (loss, accuracy, test).
+SPEED_METRICS = (
+    "epoch_seconds",
+    "images_per_second",
+    "wall_seconds",
+    "probe_seconds",
+    "probe_overhead",
+)
+
+
+def metric_name(key: str) -> str:
+    """The MLflow name of a history or training metric: timings under `speed/`."""
+    return f"speed/{key}" if key in SPEED_METRICS else key
 
 
 def tracking_uri() -> str:
@@ -49,11 +70,18 @@ def connect(experiment_name: str) -> str:
             experiment = mlflow.get_experiment_by_name(experiment_name)
             if experiment is not None:
                 close_orphaned_runs(experiment.experiment_id)
+                if not EXPERIMENT_KIND.items() <= experiment.tags.items():
+                    # Experiments made before the kind was set open in the GenAI view.
+                    mlflow.MlflowClient().set_experiment_tag(
+                        experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items()))
+                    )
                 return experiment.experiment_id
             location = None
             if uri.startswith("sqlite:"):
                 location = (project_root() / ARTIFACTS_FOLDER).as_uri()
-            return mlflow.create_experiment(experiment_name, artifact_location=location)
+            return mlflow.create_experiment(
+                experiment_name, artifact_location=location, tags=EXPERIMENT_KIND
+            )
     except MlflowException as error:
         # Another process (a parallel tuning worker) may have created it a moment ago.
         experiment = mlflow.get_experiment_by_name(experiment_name)
@@ -100,6 +128,35 @@ def _check_server(uri: str) -> None:
             "(`mlflow server --host 127.0.0.1 --port 5000`) or unset MLFLOW_TRACKING_URI "
             "to use the local store"
         ) from error
+
+
+def log_dataset(x: np.ndarray, y: np.ndarray, split: str, source: str, context: str) -> None:
+    """Log the arrays a run used as an MLflow dataset input of the active run: their real
+    shape and schema, and a digest of their bytes, which changes with the split, the
+    subset and the normalization."""
+    dataset = from_numpy(
+        x, targets=y, source=source, name=f"cifar10-{split}", digest=array_digest(x, y)[:32]
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+def flat_params(params: Params, variant: str, seed: int, settings: TrainParams) -> dict[str, Any]:
+    """Every effective hyperparameter of a run, flattened to dotted keys for MLflow."""
+    flat: dict[str, Any] = {"variant": variant, "seed": seed, "data.seed": params.seed}
+    flat.update(_flatten("train", settings.model_dump()))
+    flat.update(_flatten("data", params.data.model_dump(exclude={"url", "md5"})))
+    flat["normalize.method"] = params.normalize.method
+    return flat
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(f"{prefix}.{key}", value))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
 
 
 def run_tags(variant: str, dataset_digest: str, seed: int) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,82 @@ def test_per_variant_outputs_match_the_layout() -> None:
                 assert declared_paths(stages[stage], variables) == expected, stage
     every_file = {field for names in STAGE_FILES.values() for field in names}
     assert every_file == set(vars(variant_files(params.paths, "any", 0)))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The `pipeline.*` modules a source file imports anywhere (functions included), except
+    under `if TYPE_CHECKING:`, which never runs."""
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+        for statement in block.body
+        for node in ast.walk(statement)
+    }
+    modules = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+            # `from pipeline import tracking` imports the module pipeline.tracking.
+            modules |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {module for module in modules if (ROOT / module_file(module)).is_file()}
+
+
+def module_file(module: str) -> str:
+    """pipeline.x → pipeline/x.py; pipeline → pipeline/__init__.py."""
+    parts = module.split(".")
+    if parts[0] != "pipeline":
+        return "not-a-project-module"
+    if len(parts) == 1:
+        return "pipeline/__init__.py"
+    return "/".join(parts) + ".py"
+
+
+def code_closure(module: str) -> set[str]:
+    """The files of `module` and every project module it imports, directly or transitively
+    (with the package's __init__.py, which Python runs before any of its modules)."""
+    seen: set[str] = set()
+    pending = [module, "pipeline"]
+    while pending:
+        current = pending.pop()
+        file = module_file(current)
+        if file in seen:
+            continue
+        seen.add(file)
+        pending += sorted(imported_modules(ROOT / file))
+    return seen
+
+
+def stage_commands(stages: dict[str, Any]) -> dict[str, tuple[str, set[str]]]:
+    """Per stage: the module its `cmd` runs and the pipeline/ files among its deps."""
+    commands = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        module = re.match(r"python -m (pipeline\.\w+)", body["cmd"])
+        assert module, f"stage {name} does not run `python -m pipeline.<stage>`"
+        deps = {dep for dep in body.get("deps", []) if dep.startswith("pipeline/")}
+        commands[name] = (module[1], deps)
+    return commands
+
+
+def test_code_deps_are_exactly_the_modules_each_stage_imports() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, (module, deps) in stage_commands(stages).items():
+        expected = code_closure(module)
+        assert deps == expected, (
+            f"stage {name}: dvc.yaml lists {sorted(deps - expected)} that {module} does not "
+            f"import, and misses {sorted(expected - deps)} that it does"
+        )
+
+
+def test_the_closure_follows_imports_inside_functions_and_skips_type_checking() -> None:
+    tune = code_closure("pipeline.tune")
+    assert "pipeline/study.py" in tune  # imported inside _tune()
+    assert "pipeline/training.py" in tune  # through study
+    assert "pipeline/train.py" not in tune  # the stage's own logging is not the tuner's
+    assert code_closure("pipeline.fetch") >= {"pipeline/sampling.py", "pipeline/errors.py"}

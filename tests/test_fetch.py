@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.datasets import DecodedDataset
 from pipeline.errors import PipelineError
-from pipeline.fetch import class_quotas, fetch_dataset, stratified_indices, subset_dataset
+from pipeline.fetch import fetch_dataset, subset_dataset
 from pipeline.params import DataParams
 from tests.conftest import Server
 from tests.sources import CIFAR10_CLASSES, write_binary_release, write_class_folder
@@ -87,23 +87,6 @@ def test_missing_local_source_says_what_to_fix(tmp_path: Path) -> None:
 
 
 # --- subsets ----------------------------------------------------------------------------
-
-
-def test_class_quotas_are_as_equal_as_possible() -> None:
-    assert class_quotas(np.array([10] * 10), 25).tolist() == [3] * 5 + [2] * 5
-    assert class_quotas(np.array([1, 5, 5]), 9).tolist() == [1, 4, 4]
-    assert class_quotas(np.array([2, 9, 9]), 100).tolist() == [2, 9, 9]
-    assert class_quotas(np.array([4, 4]), 0).tolist() == [0, 0]
-
-
-def test_stratified_indices_are_seeded_sorted_and_per_class() -> None:
-    labels = np.tile(np.arange(10), 20)
-    chosen = stratified_indices(labels, 25, np.random.default_rng(7))
-    assert len(chosen) == 25 and np.all(np.diff(chosen) > 0)
-    assert sorted(np.bincount(labels[chosen], minlength=10).tolist()) == [2] * 5 + [3] * 5
-    again = stratified_indices(labels, 25, np.random.default_rng(7))
-    other = stratified_indices(labels, 25, np.random.default_rng(8))
-    assert np.array_equal(chosen, again) and not np.array_equal(chosen, other)
 
 
 def test_subset_is_stratified_seeded_and_keeps_order(tmp_path: Path) -> None:

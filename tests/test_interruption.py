@@ -3,6 +3,7 @@ RUNNING, and a rerun gives what an uninterrupted run gives."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -173,8 +174,13 @@ def test_resumed_training_continues_from_the_last_completed_epoch(tmp_path: Path
 
     assert "resuming after epoch 3" in resumed.stderr
     assert f"Epoch 4/{EPOCHS}" in resumed.stdout and "Epoch 1/" not in resumed.stdout
-    history = (root / "results/bn-42/history.csv").read_text().splitlines()
-    assert len(history) == 1 + EPOCHS
+    history = list(csv.DictReader((root / "results/bn-42/history.csv").open()))
+    assert [int(float(row["epoch"])) for row in history] == list(range(1, EPOCHS + 1))
+    # The probes and the time of the epochs before the kill are kept, not only those after.
+    probes = list(csv.DictReader((root / "results/bn-42/probes.csv").open()))
+    assert sorted({int(float(row["epoch"])) for row in probes}) == list(range(1, EPOCHS + 1))
+    metrics = json.loads((root / "results/bn-42/train_metrics.json").read_text())
+    assert metrics["wall_seconds"] >= sum(float(row["epoch_seconds"]) for row in history)
     assert run_statuses(root) == ["FINISHED"]  # the killed run, resumed and finished
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     run_id = json.loads((root / "results/bn-42/mlflow_run.json").read_text())["run_id"]

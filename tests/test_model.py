@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -108,14 +110,35 @@ def test_bn_position_before_activation() -> None:
     assert after.index("conv1_act") < after.index("conv1_bn")
 
 
+def with_trained_statistics(model: keras.Model, rng: np.random.Generator) -> keras.Model:
+    """`model` with BatchNormalization scales, offsets and moving statistics far from the
+    initial 1, 0, 0, 1, as after training (an export that dropped them would show)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2.0, size),  # gamma
+                    rng.normal(0.0, 0.5, size),  # beta
+                    rng.uniform(0.2, 0.8, size),  # moving mean of sigmoid outputs
+                    rng.uniform(0.005, 0.05, size),  # moving variance
+                ]
+            )
+    return model
+
+
 @pytest.mark.parametrize("method", ["standardize", "scale", "article"])
-def test_export_on_raw_images_equals_core_on_normalized(method: str) -> None:
+def test_export_on_raw_images_equals_core_on_normalized(method: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     raw = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
     stats = compute_stats(raw, NormalizeParams.model_validate({"method": method}))
     core = build_model(ModelSettings(batch_norm=True))
-    exported = export_model(core, stats)
+    initial = core.predict(apply_normalization(raw, stats), verbose=0)
+    with_trained_statistics(core, rng)
+    export_model(core, stats).save(tmp_path / "model.keras")
+    exported = keras.models.load_model(tmp_path / "model.keras")
     expected = core.predict(apply_normalization(raw, stats), verbose=0)
+    assert not np.allclose(expected, initial, atol=1e-3)  # the statistics do matter
     assert np.allclose(exported.predict(raw, verbose=0), expected, atol=1e-5)
 
 

@@ -20,7 +20,7 @@ from pipeline.probes import (
     write_preactivations,
     write_probes,
 )
-from pipeline.train import train_model
+from pipeline.training import train_model
 from tests.test_train import settings, tiny_data
 
 CNN_LAYERS = ["conv1", "conv2", "conv3", "conv4", "dense", "classifier"]

@@ -12,7 +12,8 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.history import HISTORY_FIELDS, read_history, write_history
 from pipeline.params import SpeedParams, TrainParams
-from pipeline.train import TrainingData, configure_threads, final_metrics, train_model
+from pipeline.train import final_metrics
+from pipeline.training import TrainingData, configure_threads, train_model
 
 
 def tiny_data(seed: int = 0, n: int = 64) -> TrainingData:
@@ -35,9 +36,14 @@ def test_history_has_every_field_per_epoch(tmp_path) -> None:
         assert all(math.isfinite(value) for value in row.values())
         assert row["images_per_second"] > 0
         assert row["learning_rate"] == pytest.approx(1e-3)
+    # The history's last row is the trained model's own validation score.
+    data = tiny_data()
+    loss, accuracy = result.model.evaluate(data.x_val, data.y_val, verbose=0)
+    assert result.history[-1]["val_accuracy"] == pytest.approx(accuracy)
+    assert result.history[-1]["val_loss"] == pytest.approx(loss, rel=1e-5)
     metrics = final_metrics(result, 1e-3)
     assert metrics["epochs"] == 2
-    assert metrics["best_val_accuracy"] >= metrics["val_accuracy"]
+    assert metrics["best_val_accuracy"] == max(row["val_accuracy"] for row in result.history)
     write_history(tmp_path / "history.csv", result.history)
     assert read_history(tmp_path / "history.csv") == result.history
 
@@ -87,7 +93,7 @@ def test_thread_settings_apply_before_tensorflow_starts() -> None:
     script = (
         "import tensorflow as tf\n"
         "from pipeline.params import SpeedParams\n"
-        "from pipeline.train import configure_threads\n"
+        "from pipeline.training import configure_threads\n"
         "configure_threads(SpeedParams(intra_op_threads=1, inter_op_threads=1))\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
         " tf.config.threading.get_inter_op_parallelism_threads())\n"

@@ -21,7 +21,7 @@ from pipeline import study as tuning
 from pipeline.errors import PipelineError
 from pipeline.files import read_json, write_npz
 from pipeline.params import Params
-from pipeline.train import TrainingData
+from pipeline.training import TrainingData, train_model
 from tests.conftest import PROJECT_ROOT, dvc, make_project, project_environment
 
 VARIANT = "plain"
@@ -129,7 +129,6 @@ def test_tuning_off_passes_the_rate_through_without_tensorflow(tmp_path: Path) -
         "import sys; sys.argv = ['tune', 'plain']; from pipeline.tune import main; main(); "
         "assert 'tensorflow' not in sys.modules and 'optuna' not in sys.modules, 'imported'"
     )
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", check],
         cwd=tmp_path,
@@ -138,7 +137,6 @@ def test_tuning_off_passes_the_rate_through_without_tensorflow(tmp_path: Path) -
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 15
     assert not (tmp_path / "data").exists()  # no prepared dataset was needed
     tuned = read_json(tmp_path / "results" / VARIANT / "tuned.json")
     assert tuned == {"learning_rate": 0.0042, "source": "params"}
@@ -205,18 +203,6 @@ def test_storage_setting_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="journal:<file> or an SQLAlchemy URL"):
         tiny_params(storage="optuna.db")
     assert tiny_params(storage="journal:x.journal").tune.storage == "journal:x.journal"
-
-
-def test_tuning_subset_is_stratified_seeded_and_exact() -> None:
-    labels = np.repeat(np.arange(10), [100] * 5 + [50] * 5)  # two class sizes
-    chosen = tuning.tuning_subset(labels, 300, seed=1)
-    assert len(chosen) == 300 and len(set(chosen)) == 300
-    counts = np.bincount(labels[chosen], minlength=10)
-    assert list(counts) == [40] * 5 + [20] * 5  # each class in proportion
-    assert np.array_equal(chosen, tuning.tuning_subset(labels, 300, seed=1))
-    assert not np.array_equal(chosen, tuning.tuning_subset(labels, 300, seed=2))
-    assert np.array_equal(tuning.tuning_subset(labels, None, seed=1), np.arange(len(labels)))
-    assert len(tuning.tuning_subset(labels, 5000, seed=1)) == len(labels)
 
 
 def test_a_crashing_trial_fails_and_the_study_goes_on(
@@ -390,9 +376,12 @@ def test_objective_on_a_fixed_trial() -> None:
     settings = tuning.trial_settings(params, VARIANT)
     objective = tuning.Objective(tiny_data(), settings, params.seed, params.tune)
     value = objective(optuna.trial.FixedTrial({"learning_rate": 1e-2}))
-    assert 0.0 <= value <= 1.0
-    # Training is seeded: the same trial gives the same value.
-    assert objective(optuna.trial.FixedTrial({"learning_rate": 1e-2})) == value
+    # The value is the last validation accuracy of that rate's training, which is seeded.
+    trained = train_model(
+        tiny_data(), settings.model_copy(update={"learning_rate": 1e-2}), params.seed
+    )
+    assert value == trained.history[-1]["val_accuracy"]
+    assert value > 0.1  # the tiny colour-coded data is learnable at this rate
 
 
 def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(stores: Path) -> None:

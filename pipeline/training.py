@@ -1,0 +1,223 @@
+"""Training one variant: data pipelines, seeding, threads, optimizer and `train_model`.
+
+The library the training stage (pipeline/train.py) and the tuner share; neither's logging
+lives here, so editing a stage's tracking does not make the other stale in DVC's eyes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+from pipeline.callbacks import EpochTelemetry, RunCheckpoint, StopOnNonFiniteLoss
+from pipeline.errors import PipelineError
+from pipeline.history import History
+from pipeline.model import augmentation_layers, build_model
+from pipeline.params import SpeedParams, TrainParams
+from pipeline.probes import ProbeCallback, Sample, fixed_batch
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 500
+PREFETCH_BATCHES = 4  # batches prepared ahead of the training step
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Normalized training and validation arrays."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass
+class TrainingResult:
+    """A trained model and its per-epoch history."""
+
+    model: Any
+    history: History
+    wall_seconds: float
+
+
+def training_data(arrays: dict[str, np.ndarray], settings: TrainParams) -> TrainingData:
+    """Pick the validation data: the held-out split, or the test set as the article did."""
+    if settings.validation_data == "test":
+        log.warning("validating on the test set, as the article did: test metrics are biased")
+        return TrainingData(
+            arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+        )
+    return TrainingData(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; with `deterministic`, make TF ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        # Process-wide: an earlier deterministic training would otherwise keep XLA off.
+        tf_config.disable_op_determinism()
+
+
+def configure_threads(speed: SpeedParams) -> None:
+    """Size TensorFlow's thread pools; they can only change before TensorFlow first runs."""
+    wanted = (speed.intra_op_threads, speed.inter_op_threads)
+    current = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+    if wanted == current:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(speed.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(speed.inter_op_threads)
+    except RuntimeError as error:
+        raise PipelineError(
+            f"cannot change thread settings to {wanted} once TensorFlow has started "
+            f"(they are {current}); run one training configuration per process"
+        ) from error
+
+
+def make_datasets(
+    data: TrainingData, settings: TrainParams, seed: int
+) -> tuple[Any, Any, int | None]:
+    """tf.data pipelines: shuffled, augmented-on-graph training batches and validation batches.
+
+    Returns (train, validation, steps_per_epoch); steps is None when an epoch is a full pass.
+    """
+    augment = augmentation_layers(settings.augmentation, seed)
+    train = (
+        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train.astype(np.int32)))
+        .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
+        .batch(settings.batch_size)
+    )
+    if augment.layers:
+        train = train.map(
+            lambda x, y: (augment(x, training=True), y),
+            num_parallel_calls=os.cpu_count() or 1,
+            deterministic=True,
+        )
+    steps = None
+    if settings.epoch_fraction < 1:
+        # The article's half-epochs: an endless stream cut into shorter "epochs".
+        steps = max(1, math.ceil(len(data.y_train) * settings.epoch_fraction / settings.batch_size))
+        train = train.repeat()
+    validation = tf.data.Dataset.from_tensor_slices(
+        (data.x_val, data.y_val.astype(np.int32))
+    ).batch(EVAL_BATCH_SIZE)
+    return (
+        without_autotune(train.prefetch(PREFETCH_BATCHES)),
+        without_autotune(validation.prefetch(PREFETCH_BATCHES)),
+        steps,
+    )
+
+
+def without_autotune(dataset: Any) -> Any:
+    """`dataset` with tf.data's autotuner off: fixed parallelism and buffers instead.
+
+    With the autotuner on, the first step of about one epoch in three stalled for 5 s on a
+    2-core machine (README "Training speed"), while the input runs 10x faster than training
+    with any sensible fixed setting, so there is nothing for it to tune.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def make_optimizer(settings: TrainParams) -> Any:
+    """The configured optimizer at the configured learning rate."""
+    optimizers = {
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+    }
+    return optimizers[settings.optimizer](learning_rate=settings.learning_rate)
+
+
+def compiled_model(settings: TrainParams) -> keras.Model:
+    """The variant's model, compiled with its optimizer and speed options."""
+    model = build_model(settings, speed=settings.speed)
+    model.compile(
+        optimizer=make_optimizer(settings),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=settings.speed.jit_compile,
+    )
+    return model
+
+
+def train_model(
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    callbacks: list[Any] | None = None,
+    checkpoints: Path | None = None,
+    probes: ProbeCallback | None = None,
+) -> TrainingResult:
+    """Build, compile and fit one variant; raises PipelineError if the loss diverges.
+
+    `probes` samples the layers after each epoch it is due. With `checkpoints`, the model,
+    optimizer, history, probes and time trained are saved there after every epoch, and a
+    call that finds them continues from the last completed epoch (then removes them).
+    """
+    configure_threads(settings.speed)
+    seed_everything(seed, settings.deterministic)
+    train, validation, steps = make_datasets(data, settings, seed)
+    model = compiled_model(settings)
+    images_per_epoch = (steps * settings.batch_size) if steps else len(data.y_train)
+    telemetry = EpochTelemetry(images_per_epoch)
+    guard = StopOnNonFiniteLoss()
+    observers = [*(callbacks or []), *([probes] if probes is not None else [])]
+    checkpoint = None
+    resuming: list[Any] = []
+    if checkpoints is not None:
+        # Last, in this order: the run's record is saved after every callback has added the
+        # epoch, and before the weights.
+        checkpoint = RunCheckpoint(checkpoints / "run.json", telemetry, probes)
+        resuming = [checkpoint, keras.callbacks.BackupAndRestore(str(checkpoints / "keras"))]
+    started = time.perf_counter()
+    model.fit(
+        train,
+        validation_data=validation,
+        epochs=settings.epochs,
+        steps_per_epoch=steps,
+        callbacks=[telemetry, guard, *observers, *resuming],
+        shuffle=False,  # the dataset shuffles itself, seeded; Keras would ignore True anyway
+        verbose=2,
+    )
+    wall_seconds = (
+        checkpoint.wall_seconds() if checkpoint is not None else time.perf_counter() - started
+    )
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # done, or diverged: never resume that
+    if guard.failure:
+        raise PipelineError(
+            f"training diverged: {guard.failure}; lower the learning rate "
+            "(train.learning_rate or the variant's learning_rate) or enable batch_norm"
+        )
+    return TrainingResult(model, telemetry.history, wall_seconds)
+
+
+def probe_callback(
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    on_sample: Callable[[int, Sample], None] | None = None,
+) -> ProbeCallback:
+    """Probes on a fixed batch of training images; interval 0 samples nothing."""
+    x, y = fixed_batch(data.x_train, data.y_train, settings.probe.images, seed)
+    return ProbeCallback(x, y, settings.probe.interval, on_sample)
