@@ -28,8 +28,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Keras 3 normalizes a training batch with a chain of separate reductions and elementwise
     ops, forward and backward; FusedBatchNormV3 (oneDNN on x86) does each pass in one op,
-    which makes the bn variant's training step about 30% faster on a CPU (README
-    "Training speed"). Same function, variables and moving-average update; inference runs
+    which makes the bn variant's training step about 30% faster on a CPU
+    (docs/speed.md). Same function, variables and moving-average update; inference runs
     Keras' own code. tests/test_model.py checks outputs, gradients and statistics against
     the stock layer.
     """

@@ -90,7 +90,7 @@ class ModelSettings(Section):
 
 
 class SpeedParams(Section):
-    """How training runs, not what it computes: README "Training speed" has each measured effect."""
+    """How training runs, not what it computes: docs/speed.md has each measured effect."""
 
     jit_compile: bool = Field(default=False, description="compile the training step with XLA")
     mixed_precision: bool = Field(

@@ -130,7 +130,7 @@ def without_autotune(dataset: Any) -> Any:
     """`dataset` with tf.data's autotuner off: fixed parallelism and buffers instead.
 
     With the autotuner on, the first step of about one epoch in three stalled for 5 s on a
-    2-core machine (README "Training speed"), while the input runs 10x faster than training
+    2-core machine (docs/speed.md), while the input runs 10x faster than training
     with any sensible fixed setting, so there is nothing for it to tune.
     """
     options = tf.data.Options()

@@ -1,5 +1,5 @@
-"""Bad input, end to end through the stages' command lines: one row per case of the README
-table "When something is wrong". Each must print one `error:` line naming the problem and
+"""Bad input, end to end through the stages' command lines: one row per case of the table
+in docs/troubleshooting.md. Each must print one `error:` line naming the problem and
 the fix, exit non-zero without a traceback, and leave every file exactly as it was.
 """
 

@@ -310,9 +310,10 @@ def test_mlflow_holds_a_parent_run_and_a_child_per_trial(tuned_project: Path) ->
     assert parent.data.tags["optuna_study"] == tuned["study"]
     assert parent.data.tags["optuna_storage_kind"] == "journal"
     metrics = parent.data.metrics
-    assert metrics["best_value"] == pytest.approx(tuned["best_value"])
-    assert metrics["best_learning_rate"] == pytest.approx(tuned["learning_rate"])
-    assert (metrics["n_complete"], metrics["n_pruned"], metrics["n_failed"]) == (3, 0, 0)
+    assert metrics["study/best_value"] == pytest.approx(tuned["best_value"])
+    assert metrics["study/best_learning_rate"] == pytest.approx(tuned["learning_rate"])
+    counts = ("study/n_complete", "study/n_pruned", "study/n_failed")
+    assert tuple(metrics[name] for name in counts) == (3, 0, 0)
     assert parent.data.params["tune.epochs"] == "2"
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
     assert {"optimization_history.png", "learning_rate_slice.png"} <= artifacts
@@ -333,6 +334,7 @@ def test_mlflow_holds_a_parent_run_and_a_child_per_trial(tuned_project: Path) ->
         assert run.data.params["train.epochs"] == "2"
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [point.step for point in history] == [1, 2]
+        assert run.data.metrics["study/objective"] == pytest.approx(trial.value)
         assert run.data.metrics["objective"] == pytest.approx(trial.value)
 
 
