@@ -46,10 +46,14 @@ case "$task" in
   pipeline) setup && dvc repro "$@" ;;
   test) setup && python -m pytest -n 2 --dist loadfile "$@" ;;  # one file per worker: module fixtures stay shared
   # `dvc exp show` has a column per metric of every run (60+ with three seeds) and no setting
-  # to hide them; this keeps the params that differ and comparison/headline.json. The full
-  # table: `dvc exp show`, `dvc exp show --json`, `dvc metrics show`.
-  exps) setup && dvc exp show --only-changed --drop '^(results/|comparison/summary\.json:)' \
-    --precision 4 "$@" ;;
+  # to hide them: this keeps the params that differ between experiments and the headline
+  # (comparison/headline.json). DVC names a metric column by its key alone where the key is
+  # unique, by file:key where not; either way the per-run files, summary.json's sections and
+  # the data deps match the pattern. The full table: `dvc exp show`, `--json`, `dvc metrics show`.
+  exps)
+    setup && dvc exp show --only-changed --precision 4 \
+      --drop '^(results|models|data|pipeline)(/|$)|^(runs|variants|differences)\.' "$@"
+    ;;
   lint) setup && ruff check . && ruff format --check . && mypy pipeline bench tests ;;
   *)
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

@@ -1,0 +1,2 @@
+"""The stages of the batch-normalization experiment (`python -m pipeline.<stage>`) and the
+modules they share."""

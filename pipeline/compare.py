@@ -289,14 +289,9 @@ def _run(args: argparse.Namespace) -> None:
         mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags),
         tracking.killed_on_interrupt(),
     ):
-        # Sections of their own in MLflow's chart view (it groups on the prefix before "/").
+        # Sections of their own in MLflow's chart view, which groups on the prefix before the
+        # last "/". Each run's own numbers are in its run; these are the comparison's.
         metrics = {
-            f"by_run/{row['run']}/{key}": float(value)
-            for row in rows
-            for key, value in row.items()
-            if key not in ("run", "variant")
-        }
-        metrics |= {
             f"by_variant/{variant}/{key}": float(value)
             for variant, row in variants.items()
             for key, value in row.items()
