@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.params import AugmentationParams, ModelSettings, SpeedParams
+from pipeline.params import ModelSettings, SpeedParams
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -100,22 +100,10 @@ def _activation_block(
     activation = keras.layers.Activation(settings.activation, name=f"{name}_act", dtype=dtype)
     if not settings.batch_norm:
         return activation(x)
-    norm = norm_layer(name=f"{name}_bn", dtype=dtype)
+    norm = norm_layer(momentum=settings.bn_momentum, name=f"{name}_bn", dtype=dtype)
     if settings.bn_position == "before_activation":
         return activation(norm(x))
     return norm(activation(x))
-
-
-def augmentation_layers(params: AugmentationParams, seed: int) -> keras.Sequential:
-    """Random shear, zoom and flip as Keras preprocessing layers (training batches only)."""
-    layers: list[keras.layers.Layer] = []
-    if params.shear > 0:
-        layers.append(keras.layers.RandomShear(params.shear, params.shear, seed=seed))
-    if params.zoom > 0:
-        layers.append(keras.layers.RandomZoom((-params.zoom, params.zoom), seed=seed + 1))
-    if params.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
-    return keras.Sequential(layers, name="augmentation")
 
 
 def input_normalization_layer(stats: dict[str, Any]) -> keras.layers.Layer:

@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out): `fraction` of the labels held out, stratified, seeded."""
+    """Indices (keep, held_out): `fraction` of the labels held out, stratified, seeded; with
+    `fraction` 0, every image is kept and none held out."""
+    if fraction == 0:
+        return np.arange(len(labels)), np.empty(0, dtype=np.int64)
     size = round(len(labels) * fraction)
     held_out_indices = stratified_sample(labels, size, np.random.default_rng(seed))
     keep = np.ones(len(labels), dtype=bool)
@@ -101,7 +104,9 @@ def prepare(
         **stats,
         "counts": {split: int(len(arrays[f"y_{split}"])) for split in ("train", "val", "test")},
         "normalized_moments": {
-            split: channel_moments(arrays[f"x_{split}"]) for split in ("train", "val", "test")
+            split: channel_moments(arrays[f"x_{split}"])
+            for split in ("train", "val", "test")
+            if len(arrays[f"x_{split}"])  # no validation split when val_fraction is 0
         },
     }
     return arrays, report

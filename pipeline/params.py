@@ -23,8 +23,10 @@ OFFICIAL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(gt=0, lt=1)]
 Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "swish"]
+# Where RMSprop adds its epsilon (pipeline/optimizers.py): Keras 3, and Keras up to 2.3.
+RmspropEpsilon = Literal["sqrt(v + eps)", "sqrt(v) + eps"]
+FillMode = Literal["nearest", "reflect"]  # the modes that sample as ImageDataGenerator does
 
 
 class Section(BaseModel):
@@ -59,7 +61,11 @@ class DataParams(Section):
     subset: PositiveInt | None = Field(
         default=None, description="at most this many images per split, stratified and seeded"
     )
-    val_fraction: Fraction = 0.1
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.1,
+        description="training images held out for validation; 0 trains on all of them, "
+        "which needs train.validation_data: test",
+    )
 
 
 class NormalizeParams(Section):
@@ -69,11 +75,22 @@ class NormalizeParams(Section):
 
 
 class AugmentationParams(Section):
-    """Random augmentation applied to training batches only."""
+    """One random affine warp per training image, about its centre, with the semantics of
+    Keras' ImageDataGenerator (pipeline/augment.py)."""
 
-    shear: Annotated[float, Field(ge=0, le=1)] = 0.2
-    zoom: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    shear_degrees: Annotated[float, Field(ge=0, lt=90)] = Field(
+        default=11.3, description="shear angle along x drawn from ±this many degrees"
+    )
+    zoom: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.2, description="zoom factors drawn from [1 - zoom, 1 + zoom]"
+    )
+    independent_zoom: bool = Field(
+        default=False, description="draw x and y zoom apart (the aspect ratio changes)"
+    )
+    width_shift: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    height_shift: Annotated[float, Field(ge=0, lt=1)] = 0.0
     horizontal_flip: bool = True
+    fill_mode: FillMode = "reflect"
 
 
 class ModelSettings(Section):
@@ -83,9 +100,11 @@ class ModelSettings(Section):
     bn_position: Literal["after_activation", "before_activation"] = "after_activation"
     activation: Activation = "sigmoid"
     optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
+    rmsprop_epsilon: RmspropEpsilon = "sqrt(v + eps)"
     learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 32
     epochs: PositiveInt = 10
+    bn_momentum: Annotated[float, Field(gt=0, lt=1)] = 0.99
     augmentation: AugmentationParams = AugmentationParams()
 
 
@@ -154,9 +173,11 @@ class VariantOverrides(Section):
     bn_position: Literal["after_activation", "before_activation"] | None = None
     activation: Activation | None = None
     optimizer: Literal["rmsprop", "adam", "sgd"] | None = None
+    rmsprop_epsilon: RmspropEpsilon | None = None
     learning_rate: PositiveFloat | None = None
     batch_size: PositiveInt | None = None
     epochs: PositiveInt | None = None
+    bn_momentum: Annotated[float, Field(gt=0, lt=1)] | None = None
     augmentation: AugmentationParams | None = None
 
 
@@ -236,6 +257,15 @@ class Params(Section):
     tune: TuneParams = TuneParams()
     mlflow: MlflowParams = MlflowParams()
 
+    @model_validator(mode="after")
+    def _validation_data_exists(self) -> Params:
+        if self.data.val_fraction == 0 and self.train.validation_data == "split":
+            raise ValueError(
+                "data.val_fraction 0 leaves no validation split: set "
+                "train.validation_data: test (the article's choice) or a val_fraction above 0"
+            )
+        return self
+
     @field_validator("seeds")
     @classmethod
     def _seeds_are_distinct(cls, seeds: list[int]) -> list[int]:
@@ -299,6 +329,10 @@ def describe_validation_error(error: ValidationError) -> str:
                 problem += f" (did you mean {suggestion!r}?)"
         elif item["type"] == "missing":
             problem = f"{key} is required"
+        elif isinstance(item.get("input"), dict):
+            # A check across keys: its message names them; the whole section would be noise.
+            message = item["msg"].removeprefix("Value error, ")
+            problem = f"{key}: {message}" if key else message
         else:
             problem = f"{key}: {item['msg']} (got {item.get('input')!r})"
         problems.append(problem)
@@ -323,7 +357,11 @@ def _closest_key(location: tuple[Any, ...]) -> str | None:
             return None
     if isinstance(model, dict) or not hasattr(model, "model_fields"):
         return None
-    matches = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1)
+    name = str(location[-1])
+    # A key renamed by adding a unit (shear → shear_degrees) is no close match, but a prefix.
+    matches = difflib.get_close_matches(name, list(model.model_fields), n=1) or [
+        field for field in model.model_fields if field.startswith(name)
+    ]
     if not matches:
         return None
     return ".".join([*(str(part) for part in location[:-1]), matches[0]])

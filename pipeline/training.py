@@ -21,10 +21,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
+from pipeline.augment import RandomAffine, is_identity
 from pipeline.callbacks import EpochTelemetry, RunCheckpoint, StopOnNonFiniteLoss
 from pipeline.errors import PipelineError
 from pipeline.history import History
-from pipeline.model import augmentation_layers, build_model
+from pipeline.model import build_model
+from pipeline.optimizers import make_optimizer
 from pipeline.params import SpeedParams, TrainParams
 from pipeline.probes import ProbeCallback, Sample, fixed_batch
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 500
 PREFETCH_BATCHES = 4  # batches prepared ahead of the training step
+BN_START_LEFT_LIMIT = 0.01  # share of BN's initial moving statistics a run may leave
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,13 @@ def make_datasets(
 
     Returns (train, validation, steps_per_epoch); steps is None when an epoch is a full pass.
     """
-    augment = augmentation_layers(settings.augmentation, seed)
     train = (
         tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train.astype(np.int32)))
         .shuffle(len(data.y_train), seed=seed, reshuffle_each_iteration=True)
         .batch(settings.batch_size)
     )
-    if augment.layers:
+    if not is_identity(settings.augmentation):
+        augment = RandomAffine(settings.augmentation, seed)
         train = train.map(
             lambda x, y: (augment(x, training=True), y),
             num_parallel_calls=os.cpu_count() or 1,
@@ -136,16 +139,6 @@ def without_autotune(dataset: Any) -> Any:
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
-
-
-def make_optimizer(settings: TrainParams) -> Any:
-    """The configured optimizer at the configured learning rate."""
-    optimizers = {
-        "rmsprop": keras.optimizers.RMSprop,
-        "adam": keras.optimizers.Adam,
-        "sgd": keras.optimizers.SGD,
-    }
-    return optimizers[settings.optimizer](learning_rate=settings.learning_rate)
 
 
 def compiled_model(settings: TrainParams) -> keras.Model:
@@ -179,6 +172,9 @@ def train_model(
     train, validation, steps = make_datasets(data, settings, seed)
     model = compiled_model(settings)
     images_per_epoch = (steps * settings.batch_size) if steps else len(data.y_train)
+    warn_if_bn_statistics_lag(
+        settings, settings.epochs * math.ceil(images_per_epoch / settings.batch_size)
+    )
     telemetry = EpochTelemetry(images_per_epoch)
     guard = StopOnNonFiniteLoss()
     observers = [*(callbacks or []), *([probes] if probes is not None else [])]
@@ -210,6 +206,26 @@ def train_model(
             "(train.learning_rate or the variant's learning_rate) or enable batch_norm"
         )
     return TrainingResult(model, telemetry.history, wall_seconds)
+
+
+def warn_if_bn_statistics_lag(settings: TrainParams, total_steps: int) -> None:
+    """Warn when BatchNormalization's moving statistics cannot have forgotten their start.
+
+    They begin at mean 0, variance 1 and move by (1 - momentum) per step; after n steps a
+    share momentum**n of the start is left. The variance of sigmoid outputs is ~0.01, so
+    even 10% left makes inference divide by a standard deviation several times too large:
+    a short run then validates near chance though it trains well.
+    """
+    left = settings.bn_momentum**total_steps
+    if settings.batch_norm and left > BN_START_LEFT_LIMIT:
+        log.warning(
+            "%d training steps at train.bn_momentum %g leave %.0f%% of BatchNormalization's "
+            "initial moving statistics in the ones validation and test use: their accuracy "
+            "will understate the model. Lower train.bn_momentum (e.g. 0.9) or train longer",
+            total_steps,
+            settings.bn_momentum,
+            100 * left,
+        )
 
 
 def probe_callback(

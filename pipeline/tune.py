@@ -66,6 +66,12 @@ def _run(args: argparse.Namespace) -> None:
         return
     if n_trials == 0:
         raise PipelineError("nothing to tune: pass --n-trials N or set tune.n_trials")
+    if settings.validation_data == "test":
+        raise PipelineError(
+            "tuning with train.validation_data: test would pick the learning rate on the test "
+            "set, and the test accuracy would no longer measure the model fairly: tune with "
+            "validation_data: split (data.val_fraction above 0), or set tune.n_trials: 0"
+        )
     summary = _tune(params, args.variant, n_trials, args.storage or params.tune.storage)
     if worker:
         log.info("%s: %s", args.variant, summary.describe())

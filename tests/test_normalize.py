@@ -72,3 +72,11 @@ def test_article_method_equals_keras_normalize_axis_1(seed: int) -> None:
     theirs = keras.utils.normalize(x.astype(np.float32), axis=1)
     assert np.allclose(ours, np.asarray(theirs), atol=1e-6)
     assert np.allclose(np.linalg.norm(ours[1], axis=0), 1, atol=1e-5)
+
+
+def test_a_zero_val_fraction_keeps_every_training_image() -> None:
+    raw = raw_dataset()
+    arrays, report = prepare(raw, NormalizeParams(method="standardize"), 0.0, seed=0)
+    assert len(arrays["y_train"]) == len(raw["y_train"]) and len(arrays["y_val"]) == 0
+    assert report["counts"]["val"] == 0 and "val" not in report["normalized_moments"]
+    assert np.allclose(report["normalized_moments"]["train"]["mean"], 0, atol=1e-4)

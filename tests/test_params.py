@@ -45,14 +45,14 @@ def test_project_params_load_with_article_defaults() -> None:
 
 def test_variant_overrides_inherit_the_rest(tmp_path: Path) -> None:
     def add_relu(values: dict) -> None:
-        values["train"]["augmentation"]["shear"] = 0.05
+        values["train"]["augmentation"]["shear_degrees"] = 5.0
         values["variants"]["relu"] = {"activation": "relu", "augmentation": {"zoom": 0.1}}
 
     params = load_params(write_params(tmp_path, add_relu))
     relu = params.variant("relu")
     assert relu.activation == "relu"
     assert relu.augmentation.zoom == 0.1
-    assert relu.augmentation.shear == 0.05  # nested overrides change only the keys they set
+    assert relu.augmentation.shear_degrees == 5.0  # nested overrides change only the keys they set
     assert relu.epochs == params.train.epochs
     with pytest.raises(PipelineError, match="unknown variant 'nope'.*plain, bn, relu"):
         params.variant("nope")
@@ -78,7 +78,22 @@ def test_variant_overrides_inherit_the_rest(tmp_path: Path) -> None:
         (lambda v: v["train"].update(epochs="ten"), "train.epochs: Input should be a valid"),
         (lambda v: v["train"].update(learning_rate=0), "train.learning_rate: Input should be"),
         (lambda v: v["data"].update(val_fraction=1.5), "data.val_fraction: Input should be less"),
-        (lambda v: v["data"].update(val_fraction=0), "data.val_fraction: Input should be greater"),
+        (
+            lambda v: v["data"].update(val_fraction=-0.1),
+            "data.val_fraction: Input should be greater",
+        ),
+        (
+            lambda v: v["data"].update(val_fraction=0),
+            "data.val_fraction 0 leaves no validation split: set train.validation_data: test",
+        ),
+        (
+            lambda v: v["train"].update(rmsprop_epsilon="sqrt(v)+eps"),
+            "train.rmsprop_epsilon: Input should be 'sqrt(v + eps)' or 'sqrt(v) + eps'",
+        ),
+        (
+            lambda v: v["train"]["augmentation"].update(shear=0.2),
+            "'train.augmentation.shear' (did you mean 'train.augmentation.shear_degrees'?)",
+        ),
         (lambda v: v["normalize"].update(method="zscore"), "normalize.method: Input should be"),
         (lambda v: v.update(variants={}), "variants: Dictionary should have at least 1 item"),
         (lambda v: v["variants"]["bn"].update(activation="softsign"), "variants.bn.activation"),

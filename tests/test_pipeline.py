@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from scipy import stats
 from pipeline.files import array_digest
 from pipeline.layout import variant_files
 from pipeline.params import load_params
-from tests.conftest import dvc, edit_params, run_command
+from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command
 
 VARIANTS = ("plain", "bn")
 PER_EPOCH_METRICS = (
@@ -140,7 +141,7 @@ def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
         assert len(run.data.tags["dataset_digest"]) == 64
         assert run.data.params["train.batch_norm"] == str(variant == "bn")
         assert run.data.params["train.learning_rate"] == "0.001"
-        assert run.data.params["train.augmentation.shear"] == "0.2"
+        assert run.data.params["train.augmentation.shear_degrees"] == "11.3"
         for metric in (*PER_EPOCH_METRICS, *PROBE_METRICS):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [point.step for point in history] == [1, 2], metric
@@ -249,6 +250,13 @@ def test_a_second_seed_adds_only_its_own_runs_and_the_spread(
     if np.var(bn) + np.var(plain) > 0:  # else the interval is the point itself
         welch = stats.ttest_ind(bn, plain, equal_var=False).confidence_interval(0.95)
         assert (gap["ci_low"], gap["ci_high"]) == pytest.approx((welch.low, welch.high))
+    # `./tasks.sh exps` keeps the headline and drops every per-run, summary and data column.
+    drop = re.search(r"--drop '([^']+)'", (PROJECT_ROOT / "tasks.sh").read_text())
+    assert drop is not None
+    shown = dvc(copy, "exp", "show", "--csv", "--drop", drop[1]).stdout.splitlines()[0]
+    metrics = set(shown.split(",")) - {"Experiment", "rev", "typ", "Created", "parent"}
+    assert {"test_acc.plain", "test_acc.bn", "bn-plain.diff", "bn-plain.ci_low"} <= metrics
+    assert not [column for column in metrics if re.match(r"(results|runs|variants)\W", column)]
     runs = runs_by_name(copy)
     assert {run.data.tags["seed"] for name in ("bn-42", "bn-7") for run in runs[name]} == {
         "42",

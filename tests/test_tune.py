@@ -50,7 +50,7 @@ def tiny_values(**tune: Any) -> dict[str, Any]:
         "train": {
             "batch_size": 8,
             "epochs": 1,
-            "augmentation": {"shear": 0.0, "zoom": 0.0, "horizontal_flip": False},
+            "augmentation": {"shear_degrees": 0.0, "zoom": 0.0, "horizontal_flip": False},
         },
         # relu + Adam learns the colours in two epochs of 4 steps (sigmoid, or BatchNormalization
         # with its moving statistics barely updated, stays at chance there): studies rank rates.
