@@ -14,8 +14,6 @@ from pipeline.params import TrainParams
 # sqrt(v + eps), which puts a floor of sqrt(1e-7) ≈ 3.2e-4 under the denominator; Keras up
 # to 2.3, which the article's code ran on, computed sqrt(v) + eps and takes nearly full
 # steps even when the gradients are 1e-6.
-INSIDE_SQRT = "sqrt(v + eps)"
-OUTSIDE_SQRT = "sqrt(v) + eps"
 
 
 class RMSpropEpsilonOutside(keras.optimizers.RMSprop):
@@ -47,7 +45,7 @@ class RMSpropEpsilonOutside(keras.optimizers.RMSprop):
 def make_optimizer(settings: TrainParams) -> keras.optimizers.Optimizer:
     """The configured optimizer at the configured learning rate."""
     if settings.optimizer == "rmsprop":
-        if settings.rmsprop_epsilon == OUTSIDE_SQRT:
+        if settings.rmsprop_epsilon == "outside_sqrt":
             return RMSpropEpsilonOutside(learning_rate=settings.learning_rate)
         return keras.optimizers.RMSprop(learning_rate=settings.learning_rate)
     if settings.optimizer == "adam":

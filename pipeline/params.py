@@ -24,8 +24,9 @@ OFFICIAL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "swish"]
-# Where RMSprop adds its epsilon (pipeline/optimizers.py): Keras 3, and Keras up to 2.3.
-RmspropEpsilon = Literal["sqrt(v + eps)", "sqrt(v) + eps"]
+# Where RMSprop adds its epsilon (pipeline/optimizers.py): inside_sqrt, lr·g / sqrt(v + eps)
+# as in Keras 3; outside_sqrt, lr·g / (sqrt(v) + eps) as in Keras up to 2.3.
+RmspropEpsilon = Literal["inside_sqrt", "outside_sqrt"]
 FillMode = Literal["nearest", "reflect"]  # the modes that sample as ImageDataGenerator does
 
 
@@ -100,7 +101,7 @@ class ModelSettings(Section):
     bn_position: Literal["after_activation", "before_activation"] = "after_activation"
     activation: Activation = "sigmoid"
     optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
-    rmsprop_epsilon: RmspropEpsilon = "sqrt(v + eps)"
+    rmsprop_epsilon: RmspropEpsilon = "inside_sqrt"
     learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 32
     epochs: PositiveInt = 10

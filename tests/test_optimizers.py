@@ -29,12 +29,12 @@ def by_hand(outside: bool) -> np.ndarray:
     return weights
 
 
-@pytest.mark.parametrize("convention", ["sqrt(v + eps)", "sqrt(v) + eps"])
+@pytest.mark.parametrize("convention", ["inside_sqrt", "outside_sqrt"])
 def test_each_convention_steps_as_its_formula(convention: str) -> None:
     settings = TrainParams.model_validate({"learning_rate": LR, "rmsprop_epsilon": convention})
     optimizer = make_optimizer(settings)
     assert optimizer.epsilon == EPS and optimizer.rho == RHO
-    expected = by_hand(outside=convention == "sqrt(v) + eps")
+    expected = by_hand(outside=convention == "outside_sqrt")
     np.testing.assert_allclose(run_steps(optimizer), expected, rtol=1e-5, atol=1e-9)
 
 

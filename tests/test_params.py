@@ -87,8 +87,8 @@ def test_variant_overrides_inherit_the_rest(tmp_path: Path) -> None:
             "data.val_fraction 0 leaves no validation split: set train.validation_data: test",
         ),
         (
-            lambda v: v["train"].update(rmsprop_epsilon="sqrt(v)+eps"),
-            "train.rmsprop_epsilon: Input should be 'sqrt(v + eps)' or 'sqrt(v) + eps'",
+            lambda v: v["train"].update(rmsprop_epsilon="outside"),
+            "train.rmsprop_epsilon: Input should be 'inside_sqrt' or 'outside_sqrt'",
         ),
         (
             lambda v: v["train"]["augmentation"].update(shear=0.2),

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Queue the ablation of docs/ablation.md as DVC experiments; run them with `dvc queue start`
+# (one worker on a small machine: each run uses every core), then summarize them with
+#   python -m pipeline.ablation --experiments <names...>
+#
+#   docs/ablation/queue.sh <data source> [part]
+#
+# part: all (default), endpoints, from-article, from-default or bn. Each experiment trains one
+# variant (its stages are the targets): plain, or bn for the names ending in -bn.
+# A is the article's code, D the project's defaults; abl-A-x is A with setting x back at its
+# default, abl-D+x is D with the article's x alone.
+set -euo pipefail
+source="$1"
+part="${2:-all}"
+
+# Each factor as the article's code has it and as the defaults have it: params separated by ';'.
+declare -A ARTICLE=(
+  [norm]="normalize.method=article"
+  [eps]="train.rmsprop_epsilon=outside_sqrt"
+  [aug]="train.augmentation.shear_degrees=0.2;train.augmentation.independent_zoom=true;train.augmentation.fill_mode=nearest"
+  [half]="train.epoch_fraction=0.5"
+  [all50k]="data.val_fraction=0;train.validation_data=test"
+)
+declare -A DEFAULT=(
+  [norm]="normalize.method=standardize"
+  [eps]="train.rmsprop_epsilon=inside_sqrt"
+  [aug]="train.augmentation.shear_degrees=11.3;train.augmentation.independent_zoom=false;train.augmentation.fill_mode=reflect"
+  [half]="train.epoch_fraction=1.0"
+  [all50k]="data.val_fraction=0.1;train.validation_data=split"
+)
+FACTORS=(norm eps aug half all50k)
+
+seeds_for() {  # five seeds for the two factors the question turns on, three for the others
+  if [[ $1 == norm || $1 == eps ]]; then echo "1 2 3 4 5"; else echo "1 2 3"; fi
+}
+
+queue() {  # queue <name> <variant> "<seeds>" [settings...]
+  local name=$1 variant=$2 seeds=$3
+  shift 3
+  local args=() targets=() setting pair
+  for setting in "$@"; do
+    IFS=';' read -ra pairs <<<"$setting"
+    for pair in "${pairs[@]}"; do args+=(-S "$pair"); done
+  done
+  for seed in $seeds; do targets+=("evaluate@$variant-$seed"); done
+  echo "queue $name: ${args[*]} ${targets[*]}"
+  dvc exp run --queue -n "$name" -S "data.source=$source" -S "seeds=[${seeds// /, }]" \
+    "${args[@]}" "${targets[@]}"
+}
+
+A=()
+for f in "${FACTORS[@]}"; do A+=("${ARTICLE[$f]}"); done
+
+if [[ $part == all || $part == endpoints ]]; then
+  queue abl-A plain "1 2 3 4 5" "${A[@]}"
+  queue abl-D plain "1 2 3 4 5"
+fi
+if [[ $part == all || $part == from-article ]]; then
+  for f in "${FACTORS[@]}"; do
+    queue "abl-A-$f" plain "$(seeds_for "$f")" "${A[@]}" "${DEFAULT[$f]}"
+  done
+fi
+if [[ $part == all || $part == from-default ]]; then
+  for f in "${FACTORS[@]}"; do
+    queue "abl-D+$f" plain "$(seeds_for "$f")" "${ARTICLE[$f]}"
+  done
+fi
+if [[ $part == all || $part == bn ]]; then
+  queue abl-A-bn bn "1 2 3" "${A[@]}"
+  queue abl-D-bn bn "1 2 3"
+fi
