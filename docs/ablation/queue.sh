@@ -3,15 +3,15 @@
 # (one worker on a small machine: each run uses every core), then summarize them with
 #   python -m pipeline.ablation --experiments <names...>
 #
-#   docs/ablation/queue.sh <data source> [part]
+#   docs/ablation/queue.sh <data source> [names...]
 #
-# part: all (default), endpoints, from-article, from-default or bn. Each experiment trains one
-# variant (its stages are the targets): plain, or bn for the names ending in -bn.
+# Queues the named experiments (all of them without names), in the order given. Each trains
+# one variant (its stages are the targets): plain, or bn for the names ending in -bn.
 # A is the article's code, D the project's defaults; abl-A-x is A with setting x back at its
 # default, abl-D+x is D with the article's x alone.
 set -euo pipefail
 source="$1"
-part="${2:-all}"
+shift
 
 # Each factor as the article's code has it and as the defaults have it: params separated by ';'.
 declare -A ARTICLE=(
@@ -51,21 +51,21 @@ queue() {  # queue <name> <variant> "<seeds>" [settings...]
 A=()
 for f in "${FACTORS[@]}"; do A+=("${ARTICLE[$f]}"); done
 
-if [[ $part == all || $part == endpoints ]]; then
-  queue abl-A plain "1 2 3 4 5" "${A[@]}"
-  queue abl-D plain "1 2 3 4 5"
-fi
-if [[ $part == all || $part == from-article ]]; then
-  for f in "${FACTORS[@]}"; do
-    queue "abl-A-$f" plain "$(seeds_for "$f")" "${A[@]}" "${DEFAULT[$f]}"
-  done
-fi
-if [[ $part == all || $part == from-default ]]; then
-  for f in "${FACTORS[@]}"; do
-    queue "abl-D+$f" plain "$(seeds_for "$f")" "${ARTICLE[$f]}"
-  done
-fi
-if [[ $part == all || $part == bn ]]; then
-  queue abl-A-bn bn "1 2 3" "${A[@]}"
-  queue abl-D-bn bn "1 2 3"
-fi
+define() {  # define <name> <variant> "<seeds>" [settings...]: one experiment of the ablation
+  NAMES+=("$1")
+  SPEC[$1]="$(printf '%s\x1f' "${@:2}")"
+}
+declare -a NAMES=()
+declare -A SPEC=()
+define abl-A plain "1 2 3 4 5" "${A[@]}"
+define abl-D plain "1 2 3 4 5"
+for f in "${FACTORS[@]}"; do define "abl-A-$f" plain "$(seeds_for "$f")" "${A[@]}" "${DEFAULT[$f]}"; done
+for f in "${FACTORS[@]}"; do define "abl-D+$f" plain "$(seeds_for "$f")" "${ARTICLE[$f]}"; done
+define abl-A-bn bn "1 2 3" "${A[@]}"
+define abl-D-bn bn "1 2 3"
+
+for name in "${@:-${NAMES[@]}}"; do
+  [[ -n ${SPEC[$name]+x} ]] || { echo "unknown experiment $name; known: ${NAMES[*]}" >&2; exit 2; }
+  IFS=$'\x1f' read -ra spec <<<"${SPEC[$name]}"
+  queue "$name" "${spec[@]}"
+done
