@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.chance import NUM_CLASSES
 from pipeline.params import ModelSettings, SpeedParams
 
 IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 10
 
 # (filters, kernel initializer) of the four conv layers; the article leaves the first
 # layer on Keras' default initializer and gives the others he_uniform.

@@ -36,11 +36,11 @@ from optuna_integration import TFKerasPruningCallback
 
 from pipeline import tracking
 from pipeline.callbacks import MlflowEpochMetrics
+from pipeline.chance import CHANCE_ACCURACY, at_chance
 from pipeline.errors import PipelineError
 from pipeline.figures import save
 from pipeline.files import array_digest, read_npz
 from pipeline.layout import project_root
-from pipeline.model import NUM_CLASSES
 from pipeline.params import Params, TrainParams, TuneParams
 from pipeline.sampling import stratified_sample
 from pipeline.training import TrainingData, train_model, training_data
@@ -52,10 +52,6 @@ MONITOR = "val_accuracy"
 JOURNAL_FILE = "optuna.journal"
 JOURNAL_PREFIX = "journal:"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# A best trial no better than guessing (plus this margin) learned nothing: the trials are too
-# short to rank learning rates, and the first of many tied trials would win by accident.
-CHANCE_ACCURACY = 1 / NUM_CLASSES
-LEARNED_MARGIN = 0.01
 HEARTBEAT_ATTR = "heartbeat"
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -113,7 +109,9 @@ class StudySummary:
 
     def learned(self) -> bool:
         """Whether the best trial did better than guessing."""
-        return self.best_value is not None and self.best_value > CHANCE_ACCURACY + LEARNED_MARGIN
+        # A best trial no better than guessing learned nothing: the trials are too short to
+        # rank learning rates, and the first of many tied trials would win by accident.
+        return self.best_value is not None and not at_chance(self.best_value)
 
     def describe(self) -> str:
         """One line for the log."""

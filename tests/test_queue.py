@@ -1,15 +1,25 @@
-"""Two queued experiments run at once (`dvc queue start -j 2`) and both land in one store."""
+"""Two queued experiments run at once (`dvc queue start -j 2`), both land in one store, and
+`python -m pipeline.ablation` summarizes them from it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.conftest import dvc, make_project, project_environment
-from tests.test_pipeline import VARIANTS, runs_by_name
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from scipy import stats
+
+from pipeline.chance import at_chance
+from tests.conftest import dvc, make_project, project_environment, run_command
+from tests.test_pipeline import VARIANTS, client_for, runs_by_name
+
+SEEDS = (1, 2)
 
 
 def wait_for_queue(repo: Path, timeout_seconds: float = 900) -> str:
@@ -24,12 +34,16 @@ def wait_for_queue(repo: Path, timeout_seconds: float = 900) -> str:
         time.sleep(3)
 
 
-def test_two_queued_experiments_run_at_once_into_one_store(tmp_path: Path) -> None:
-    repo = make_project(tmp_path)
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project after two queued experiments, two seeds each, ran under `-j 2`."""
+    repo = make_project(tmp_path_factory.mktemp("queue"))
     for name, rate in (("lr-fast", "0.01"), ("lr-slow", "0.0005")):
         dvc(
-            repo, "exp", "run", "--queue", "-n", name,
+            repo, "exp", "run", "--queue", "-n", name, "-S", f"seeds={list(SEEDS)}",
             "-S", f"train.learning_rate={rate}", "-S", "train.speed.intra_op_threads=1",
+            # relu + Adam learn the tiny colour-coded data in two epochs; sigmoid would not.
+            "-S", "train.activation=relu", "-S", "train.optimizer=adam",
         )  # fmt: skip
     # The queue's workers outlive `dvc queue start` and would hold captured pipes open.
     subprocess.run(
@@ -42,16 +56,92 @@ def test_two_queued_experiments_run_at_once_into_one_store(tmp_path: Path) -> No
     )
     status = wait_for_queue(repo)
     assert status.count("Success") == 2 and "Failed" not in status, status
+    return repo
 
-    runs = runs_by_name(repo)
-    for variant in (*VARIANTS, "compare"):
+
+def test_two_queued_experiments_run_at_once_into_one_store(queued: Path) -> None:
+    runs = runs_by_name(queued)
+    names = [f"{variant}-{seed}" for variant in VARIANTS for seed in SEEDS]
+    for name in (*names, "compare"):
         finished = {
-            run.data.tags["dvc_exp_name"] for run in runs[variant] if run.info.status == "FINISHED"
+            run.data.tags["dvc_exp_name"] for run in runs[name] if run.info.status == "FINISHED"
         }
-        assert finished == {"lr-fast", "lr-slow"}, variant
+        assert finished == {"lr-fast", "lr-slow"}, name
     rates = {
         (run.data.tags["dvc_exp_name"], run.data.params["train.learning_rate"])
-        for run in runs["bn"]
+        for run in runs["bn-1"]
     }
     assert rates == {("lr-fast", "0.01"), ("lr-slow", "0.0005")}
-    assert not list((repo / ".dvc/tmp").rglob("mlflow.db")), "the workspace's store, only"
+    assert not list((queued / ".dvc/tmp").rglob("mlflow.db")), "the workspace's store, only"
+
+
+def ablation(repo: Path, *args: str) -> dict:
+    """Run `python -m pipeline.ablation` in `repo`; returns its JSON."""
+    out = repo / "ablation" / "table"
+    run_command([sys.executable, "-m", "pipeline.ablation", "--out", str(out), *args], repo)
+    assert (repo / "ablation/table.md").read_text().startswith("Reference: ")
+    return json.loads((repo / "ablation/table.json").read_text())
+
+
+def by_experiment(client: MlflowClient, repo: Path) -> dict[tuple[str, str], list]:
+    """The training runs' MLflow records by (DVC experiment, variant)."""
+    grouped: dict[tuple[str, str], list] = {}
+    for runs in runs_by_name(repo).values():
+        for run in runs:
+            if "test_accuracy" in run.data.metrics:
+                key = (run.data.tags["dvc_exp_name"], run.data.tags["variant"])
+                grouped.setdefault(key, []).append(run)
+    return grouped
+
+
+def test_ablation_groups_the_experiments_and_compares_them(queued: Path) -> None:
+    client = client_for(queued)
+    truth = by_experiment(client, queued)
+    summary = ablation(queued, "--reference", "lr-slow")
+
+    assert summary["reference"] == "lr-slow"
+    factors = {group["name"]: group["factors"] for group in summary["groups"]}
+    assert factors == {
+        "lr-fast": {"train.learning_rate": "0.01"},
+        "lr-slow": {"train.learning_rate": "0.0005"},
+    }
+    rows = {(row["group"], row["variant"]): row for row in summary["rows"]}
+    assert set(rows) == set(truth)
+    for (group, variant), row in rows.items():
+        runs = truth[(group, variant)]
+        accuracies = [run.data.metrics["test_accuracy"] for run in runs]
+        assert row["seeds"] == len(SEEDS)
+        assert row["test_accuracy_mean"] == np.mean(accuracies)
+        first_epoch = [
+            client.get_metric_history(run.info.run_id, "val_accuracy")[0].value for run in runs
+        ]
+        assert row["stuck_after_epoch_1"] == sum(at_chance(value) for value in first_epoch)
+        assert row["first_layer_update_ratio"] > 0
+        if group == "lr-slow":
+            assert row["reference"] and "difference" not in row
+            continue
+        reference = [run.data.metrics["test_accuracy"] for run in truth[("lr-slow", variant)]]
+        assert row["difference"] == np.mean(accuracies) - np.mean(reference)
+        if np.var(accuracies) + np.var(reference) > 0:
+            welch = stats.ttest_ind(accuracies, reference, equal_var=False).confidence_interval()
+            assert (row["ci_low"], row["ci_high"]) == (welch.low, welch.high)
+        reference_stuck = rows[("lr-slow", variant)]["stuck_after_epoch_1"]
+        table = [
+            [row["stuck_after_epoch_1"], len(SEEDS) - row["stuck_after_epoch_1"]],
+            [reference_stuck, len(SEEDS) - reference_stuck],
+        ]
+        assert row["stuck_after_epoch_1_p"] == stats.fisher_exact(table).pvalue
+
+
+def test_ablation_takes_chosen_experiments_or_a_filter(queued: Path) -> None:
+    chosen = ablation(queued, "--experiments", "lr-fast")
+    assert [group["name"] for group in chosen["groups"]] == ["lr-fast"]
+    filtered = ablation(queued, "--filter", "params.`train.learning_rate` = '0.0005'")
+    assert [group["name"] for group in filtered["groups"]] == ["lr-slow"]
+    missing = run_command(
+        [sys.executable, "-m", "pipeline.ablation", "--experiments", "nothing-like-it"],
+        queued,
+        check=False,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: no finished training run")
