@@ -122,9 +122,18 @@ def _step(metric: Any) -> int:
 
 
 def group_runs(runs: list[RunResult]) -> list[Group]:
-    """Groups of runs with equal values of every param that differs between the runs."""
+    """Groups of runs with equal values of every param that differs between runs of the same
+    variant (the settings a variant itself changes, such as train.batch_norm, are not factors)."""
     keys = sorted({key for run in runs for key in run.params} - NOT_A_FACTOR)
-    factors = [key for key in keys if len({run.params.get(key, "") for run in runs}) > 1]
+    variants = {run.variant for run in runs}
+    factors = [
+        key
+        for key in keys
+        if any(
+            len({run.params.get(key, "") for run in runs if run.variant == variant}) > 1
+            for variant in variants
+        )
+    ]
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
         signature = tuple(run.params.get(key, "") for key in factors)

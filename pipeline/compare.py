@@ -51,6 +51,7 @@ def comparison_files(paths: PathsParams) -> dict[str, Path]:
         "headline": folder / "headline.json",
         "layers": folder / "layers.csv",
         "gradients_png": folder / "gradient_norms.png",
+        "updates_png": folder / "update_ratios.png",
         "derivatives_png": folder / "activation_derivatives.png",
         "preactivations_png": folder / "preactivations.png",
     }
@@ -258,6 +259,12 @@ def _run(args: argparse.Namespace) -> None:
     save(
         layer_profile_figure(probes, "grad_norm", "Gradient norm per layer", log_scale=True),
         out["gradients_png"],
+    )
+    save(
+        layer_profile_figure(
+            probes, "update_ratio", "Update-to-weight ratio per layer", log_scale=True
+        ),
+        out["updates_png"],
     )
     save(
         layer_profile_figure(probes, "mean_derivative", "Mean activation derivative per layer"),

@@ -12,9 +12,17 @@ FIGURES = (
     ("accuracy_png", "Accuracy per epoch (solid training, dashed validation)"),
     ("loss_png", "Loss per epoch (solid training, dashed validation)"),
     (
+        "updates_png",
+        "Update-to-weight ratio ‖ΔW‖/‖W‖ per layer in the first optimizer step of the probed "
+        "epoch, input to output (log scale; dashed first probed epoch, solid last): how much "
+        "each layer actually learns per step, comparable across variants.",
+    ),
+    (
         "gradients_png",
         "Gradient norm per layer, input to output (log scale; dashed first probed epoch, solid "
-        "last). Without BN the sigmoid network's gradients shrink towards the input.",
+        "last): a picture within each variant. Across variants it does not compare like with "
+        "like: BatchNormalization rescales the gradients and RMSprop divides them by their "
+        "running size.",
     ),
     (
         "derivatives_png",

@@ -75,13 +75,19 @@ def test_repro_writes_every_declared_output(reproduced: Path) -> None:
             assert (reproduced / path).is_file(), path
     for name in ("loss.png", "accuracy.png", "summary.md", "curves.csv", "summary.json"):
         assert (reproduced / "comparison" / name).stat().st_size > 0
-    for name in ("accuracy", "gradient_norms", "activation_derivatives", "preactivations"):
+    for name in (
+        "accuracy",
+        "gradient_norms",
+        "update_ratios",
+        "activation_derivatives",
+        "preactivations",
+    ):
         png = (reproduced / "comparison" / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n"), name
     summary = (reproduced / "comparison" / "summary.md").read_text()
     assert "| plain | 42 |" in summary and "| bn | 42 |" in summary
     report = (reproduced / "reports/report.html").read_text()
-    assert report.count("data:image/png;base64,") == 5
+    assert report.count("data:image/png;base64,") == 6
     assert "<td>bn</td>" in report
 
 

@@ -335,7 +335,6 @@ def test_mlflow_holds_a_parent_run_and_a_child_per_trial(tuned_project: Path) ->
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [point.step for point in history] == [1, 2]
         assert run.data.metrics["study/objective"] == pytest.approx(trial.value)
-        assert run.data.metrics["objective"] == pytest.approx(trial.value)
 
 
 def test_rerunning_a_finished_study_runs_no_trial(
