@@ -132,7 +132,10 @@ def with_stock_layers(model: keras.Model) -> keras.Model:
             return keras.layers.BatchNormalization.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    copy = keras.models.clone_model(model, clone_function=clone)
+    # Cloned through an uncompiled view of the same layers: cloning a compiled model also
+    # copies its compile state, and the saved export would then need the training optimizer.
+    uncompiled = keras.Model(model.inputs, model.outputs, name=model.name)
+    copy = keras.models.clone_model(uncompiled, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
 

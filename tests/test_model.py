@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -17,7 +19,14 @@ from pipeline.model import (
     with_stock_layers,
 )
 from pipeline.normalize import apply_normalization, compute_stats
-from pipeline.params import AugmentationParams, ModelSettings, NormalizeParams, SpeedParams
+from pipeline.params import (
+    AugmentationParams,
+    ModelSettings,
+    NormalizeParams,
+    SpeedParams,
+    TrainParams,
+)
+from pipeline.training import compiled_model
 
 
 def article_model(batch_norm: bool) -> keras.Model:
@@ -147,3 +156,27 @@ def test_augmentation_changes_training_batches_only() -> None:
     images = np.random.default_rng(2).random((4, 32, 32, 3)).astype(np.float32)
     assert np.allclose(augment(images, training=False), images)
     assert not np.allclose(augment(images, training=True), images)
+
+
+def test_a_model_trained_with_the_article_optimizer_exports_and_loads_without_project_code(
+    tmp_path: Path,
+) -> None:
+    settings = TrainParams(batch_norm=True, rmsprop_epsilon="outside_sqrt")
+    core = compiled_model(settings)  # compiled with RMSpropEpsilonOutside, as training leaves it
+    stats = {"method": "scale", "scale": 1 / 255}
+    export_model(core, stats).save(tmp_path / "model.keras")
+    # A fresh interpreter with Keras only, as the evaluate stage and MLflow users load it.
+    check = (
+        "import sys, keras, numpy as np; "
+        "m = keras.models.load_model(sys.argv[1]); "
+        "print(m.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape); "
+        "assert not any(name.startswith('pipeline') for name in sys.modules)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", check, str(tmp_path / "model.keras")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "(2, 10)" in loaded.stdout
