@@ -2,17 +2,21 @@
 that differ between them, each group against a reference group, variant by variant.
 
     python -m pipeline.ablation [--experiments NAME ...] [--filter "MLflow filter"]
-                                [--reference NAME] [--out PATH]
+                                [--reference NAME] [--out PATH] [--add-runs FILE ...]
 
 Per group and variant: the number of seeds, test accuracy (mean ± std), the difference to
 the reference group with a 95% Welch interval, how many runs were still at chance after
 epoch 1 and at the end (with Fisher's exact test against the reference), and the first
 layer's update-to-weight ratio at epoch 1 (geometric mean over seeds).
+
+Every run read is also written, with its params, to OUT.runs.json; `--add-runs` reads such
+files back, so that a grid run in parts, on machines whose stores are gone, is summarized whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import statistics
@@ -29,7 +33,7 @@ from pipeline import tracking
 from pipeline.chance import at_chance
 from pipeline.cli import add_common_arguments, run_stage
 from pipeline.errors import PipelineError
-from pipeline.files import write_json, write_text
+from pipeline.files import read_json, write_json, write_text
 from pipeline.params import load_params
 from pipeline.seed_stats import difference, spread
 
@@ -97,6 +101,11 @@ def training_runs(
     runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
     chosen = [run for run in runs if not wanted or run.data.tags.get("dvc_exp_name") in wanted]
     return [read_run(client, run) for run in chosen]
+
+
+def read_runs(path: Path) -> list[RunResult]:
+    """The runs an earlier summary wrote to its OUT.runs.json."""
+    return [RunResult(**record) for record in read_json(path)]
 
 
 def read_run(client: MlflowClient, run: Run) -> RunResult:
@@ -279,6 +288,13 @@ def main() -> None:
     )
     parser.add_argument("--reference", help="the group to compare with (default: the first)")
     parser.add_argument(
+        "--add-runs",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="also the runs in these OUT.runs.json files of earlier summaries",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("ablation/ablation"),
@@ -299,6 +315,9 @@ def _run(args: argparse.Namespace) -> None:
             f"{params.mlflow.experiment!r}: run `dvc repro` or `dvc exp run` first"
         )
     runs = training_runs(client, experiment.experiment_id, args.filter, args.experiments)
+    known = {run.run_id for run in runs}
+    for path in args.add_runs:
+        runs += [run for run in read_runs(path) if run.run_id not in known]
     if not runs:
         raise PipelineError(
             "no finished training run matches; check --experiments (names as in "
@@ -320,8 +339,11 @@ def _run(args: argparse.Namespace) -> None:
             "rows": rows,
         },
     )
+    write_json(args.out.with_suffix(".runs.json"), [dataclasses.asdict(run) for run in runs])
     print(table)
-    log.info("%d runs in %d groups; wrote %s.md and .json", len(runs), len(groups), args.out)
+    log.info(
+        "%d runs in %d groups; wrote %s.md, .json, .runs.json", len(runs), len(groups), args.out
+    )
 
 
 if __name__ == "__main__":

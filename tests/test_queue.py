@@ -138,6 +138,19 @@ def test_ablation_takes_chosen_experiments_or_a_filter(queued: Path) -> None:
     assert [group["name"] for group in chosen["groups"]] == ["lr-fast"]
     filtered = ablation(queued, "--filter", "params.`train.learning_rate` = '0.0005'")
     assert [group["name"] for group in filtered["groups"]] == ["lr-slow"]
+    # A grid summarized in parts: the runs one summary read are added to the next.
+    part = queued / "ablation" / "part.runs.json"
+    (queued / "ablation/table.runs.json").rename(part)
+    whole = ablation(
+        queued, "--experiments", "lr-fast", "--add-runs", str(part), "--reference", "lr-slow"
+    )
+    assert sorted(group["name"] for group in whole["groups"]) == ["lr-fast", "lr-slow"]
+    at_once = ablation(queued, "--reference", "lr-slow")
+
+    def keyed(summary: dict) -> dict:
+        return {(row["group"], row["variant"]): row for row in summary["rows"]}
+
+    assert keyed(whole) == keyed(at_once)
     missing = run_command(
         [sys.executable, "-m", "pipeline.ablation", "--experiments", "nothing-like-it"],
         queued,
