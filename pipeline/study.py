@@ -224,6 +224,16 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], retries: int = 4) -> R
 # What a study is
 
 
+# Training settings that do not change what a trial scores: the searched rate, and how a run
+# is resourced, probed or checkpointed. Changing them continues the same study.
+NOT_A_TRIAL_OUTCOME: dict[str, Any] = {
+    "learning_rate": True,
+    "resume": True,
+    "probe": True,
+    "speed": {"intra_op_threads", "inter_op_threads"},
+}
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """Everything that defines one study: trials of two specs are not comparable."""
@@ -239,7 +249,7 @@ class StudySpec:
         return {
             "variant": self.variant,
             "seed": self.seed,
-            "training": self.settings.model_dump(mode="json", exclude={"learning_rate"}),
+            "training": self.settings.model_dump(mode="json", exclude=NOT_A_TRIAL_OUTCOME),
             "search": {
                 "lr_low": self.tune.lr_low,
                 "lr_high": self.tune.lr_high,

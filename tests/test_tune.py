@@ -159,6 +159,20 @@ def test_study_name_follows_the_search_configuration() -> None:
     values = tiny_values()
     values["train"].update(learning_rate=0.5, epochs=7)
     assert name(Params.model_validate(values)) == base
+    # Nor on how a trial is resourced, probed or checkpointed: each alone keeps the study.
+    for section, change in (
+        ("speed", {"intra_op_threads": 1}),
+        ("speed", {"inter_op_threads": 1}),
+        ("probe", {"interval": 0}),
+        ("probe", {"images": 32}),
+        (None, {"resume": True}),
+    ):
+        values = tiny_values()
+        (values["train"].setdefault(section, {}) if section else values["train"]).update(change)
+        assert name(Params.model_validate(values)) == base, change
+    values = tiny_values()
+    values["train"].setdefault("speed", {})["fused_batch_norm"] = False  # other numerics
+    assert name(Params.model_validate(values)) != base
     # What it does depend on.
     assert name(tiny_params(lr_high=0.5)) != base
     assert name(tiny_params(epochs=3)) != base
