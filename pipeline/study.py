@@ -258,6 +258,7 @@ class StudySpec:
                 "sampler_seed": self.tune.sampler_seed,
                 "pruner": pruner_settings(self.tune),
                 "objective": MONITOR,
+                "step": "epochs completed",  # 0-based epochs before: another study
             },
             "data_digest": self.data_digest,
         }
@@ -292,8 +293,19 @@ def pruner_settings(tune: TuneParams) -> dict[str, Any]:
     return {"kind": "none"}
 
 
+class EpochPruning(TFKerasPruningCallback):
+    """Optuna's Keras pruning callback, reporting the number of epochs completed as the step.
+
+    The integration reports Keras' 0-based epoch index, which made `n_warmup_steps: 1` let a
+    trial run 2 epochs and kept Hyperband's last rung (max_resource = tune.epochs) out of reach.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
+
+
 def make_pruner(tune: TuneParams) -> optuna.pruners.BasePruner:
-    """The configured pruner; steps are epochs counted from 0, as TFKerasPruningCallback reports."""
+    """The configured pruner; steps are epochs completed (1 after the first epoch)."""
     pruner = tune.pruner
     if pruner.kind == "median":
         return optuna.pruners.MedianPruner(
@@ -387,7 +399,7 @@ class Objective:
         """Train and return the validation accuracy; raises optuna.TrialPruned when pruned."""
         learning_rate = trial.suggest_float(PARAM, self.tune.lr_low, self.tune.lr_high, log=True)
         settings = self.settings.model_copy(update={PARAM: learning_rate})
-        pruning = TFKerasPruningCallback(trial, MONITOR)
+        pruning = EpochPruning(trial, MONITOR)
         try:
             # Keep only the history: the model must be unreferenced when the session clears.
             result = train_model(self.data, settings, self.seed, [*(callbacks or []), pruning])

@@ -399,6 +399,25 @@ def test_objective_on_a_fixed_trial() -> None:
     assert value > 0.1  # the tiny colour-coded data is learnable at this rate
 
 
+@pytest.mark.parametrize("warmup", [1, 2])
+def test_steps_count_epochs_completed_as_params_yaml_says(warmup: int) -> None:
+    tune = tiny_params(pruner={"n_startup_trials": 1, "n_warmup_steps": warmup}).tune
+    study = optuna.create_study(direction="maximize", pruner=tuning.make_pruner(tune))
+    ahead = study.ask()
+    for epoch in range(3):  # Keras' 0-based epoch index
+        tuning.EpochPruning(ahead, "val_accuracy").on_epoch_end(epoch, {"val_accuracy": 0.5})
+    study.tell(ahead, 0.5)
+    behind = study.ask()
+    callback = tuning.EpochPruning(behind, "val_accuracy")
+    # n_warmup_steps: the epochs a trial always runs; the report after the next one prunes.
+    for epoch in range(warmup - 1):
+        callback.on_epoch_end(epoch, {"val_accuracy": 0.1})
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_epoch_end(warmup - 1, {"val_accuracy": 0.1})
+    assert sorted(study.trials[0].intermediate_values) == [1, 2, 3]
+    assert sorted(study.trials[1].intermediate_values) == list(range(1, warmup + 1))
+
+
 def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(stores: Path) -> None:
     values = tiny_values(lr_low=1e-3, lr_high=1e12, pruner={"kind": "none"})
     values["variants"][VARIANT]["optimizer"] = "rmsprop"  # Adam's step size is bounded
