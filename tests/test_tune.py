@@ -144,6 +144,25 @@ def test_tuning_off_passes_the_rate_through_without_tensorflow(tmp_path: Path) -
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_tuning_on_the_test_set_is_refused(tmp_path: Path) -> None:
+    values = tiny_values(n_trials=2)
+    values["train"]["validation_data"] = "test"
+    values["data"] = {"val_fraction": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.tune", VARIANT],
+        cwd=tmp_path,
+        env=environment(tmp_path / "mlflow.db"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: tuning with train.validation_data: test would pick the learning rate on the test"
+    )
+    assert not (tmp_path / "results").exists() and not (tmp_path / "optuna.journal").exists()
+
+
 def test_study_name_follows_the_search_configuration() -> None:
     params = tiny_params()
 
