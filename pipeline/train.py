@@ -96,7 +96,8 @@ def _run(args: argparse.Namespace) -> None:
         )
         source = str(params.paths.prepared_dataset)
         tracking.log_dataset(data.x_train, data.y_train, "train", source, "training")
-        tracking.log_dataset(data.x_val, data.y_val, settings.validation_data, source, "validation")
+        validated_on = "test" if settings.validation_data == "test" else "validation"
+        tracking.log_dataset(data.x_val, data.y_val, validated_on, source, "validation")
         log.info("training %s (MLflow run %s): %s", name, run_id, settings)
         client = mlflow.MlflowClient()
         # Every seed probes the same images: the data seed picks them.
