@@ -25,7 +25,13 @@ from pipeline.layout import PREPARED_KEYS, project_root, run_name, variant_files
 from pipeline.model import export_model
 from pipeline.params import load_params
 from pipeline.probes import write_preactivations, write_probes
-from pipeline.training import TrainingResult, probe_callback, train_model, training_data
+from pipeline.training import (
+    TrainingResult,
+    device_description,
+    probe_callback,
+    train_model,
+    training_data,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,10 @@ def _run(args: argparse.Namespace) -> None:
     data = training_data(read_npz(params.paths.prepared_dataset, PREPARED_KEYS), settings)
     raw_example = read_npz(params.paths.raw_dataset, ("x_train",))["x_train"][:2]
 
-    tags = tracking.run_tags(args.variant, provenance["sha256"], seed)
+    tags = {
+        **tracking.run_tags(args.variant, provenance["sha256"], seed),
+        "device": device_description(),
+    }
     checkpoints = None
     resumed_run_id = None
     if settings.resume:
@@ -98,7 +107,7 @@ def _run(args: argparse.Namespace) -> None:
         tracking.log_dataset(data.x_train, data.y_train, "train", source, "training")
         validated_on = "test" if settings.validation_data == "test" else "validation"
         tracking.log_dataset(data.x_val, data.y_val, validated_on, source, "validation")
-        log.info("training %s (MLflow run %s): %s", name, run_id, settings)
+        log.info("training %s on %s (MLflow run %s): %s", name, tags["device"], run_id, settings)
         client = mlflow.MlflowClient()
         # Every seed probes the same images: the data seed picks them.
         probes = probe_callback(data, settings, params.seed, MlflowProbeMetrics(client, run_id))

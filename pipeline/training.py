@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -64,6 +65,28 @@ def training_data(arrays: dict[str, np.ndarray], settings: TrainParams) -> Train
             arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
         )
     return TrainingData(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"])
+
+
+def device_description() -> str:
+    """What trains here: each GPU TensorFlow sees by name, else the CPU's model and cores."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [
+            tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in gpus
+        ]
+        return "GPU: " + ", ".join(names)
+    return f"CPU: {_cpu_model()}, {os.cpu_count()} cores"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

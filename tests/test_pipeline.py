@@ -23,6 +23,7 @@ from scipy import stats
 from pipeline.files import array_digest
 from pipeline.layout import variant_files
 from pipeline.params import load_params
+from pipeline.training import device_description
 from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command
 
 VARIANTS = ("plain", "bn")
@@ -144,6 +145,7 @@ def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
         (run,) = runs[f"{variant}-42"]
         assert run.info.status == "FINISHED"
         assert run.data.tags["variant"] == variant
+        assert run.data.tags["device"] == device_description()
         assert len(run.data.tags["dataset_digest"]) == 64
         assert run.data.params["train.batch_norm"] == str(variant == "bn")
         assert run.data.params["train.learning_rate"] == "0.001"
