@@ -80,13 +80,31 @@ def device_description() -> str:
 
 
 def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ('' where there is none, as off Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def warn_if_bfloat16_is_emulated(speed: SpeedParams) -> None:
+    """Mixed bfloat16 on an x86 CPU without AVX512-BF16 or AMX emulates every bfloat16 op."""
+    flags = set(_cpuinfo("flags").split())
+    if not speed.mixed_precision or not flags or tf.config.list_physical_devices("GPU"):
+        return
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        log.warning(
+            "train.speed.mixed_precision on a CPU without native bfloat16 (no avx512_bf16 or "
+            "amx_bf16): every bfloat16 op is emulated, 2.5-10x slower than float32 as measured "
+            "on an AVX2 CPU (docs/speed.md); set it to false here"
+        )
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -191,6 +209,7 @@ def train_model(
     call that finds them continues from the last completed epoch (then removes them).
     """
     configure_threads(settings.speed)
+    warn_if_bfloat16_is_emulated(settings.speed)
     seed_everything(seed, settings.deterministic)
     train, validation, steps = make_datasets(data, settings, seed)
     model = compiled_model(settings)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline import training
 from pipeline.errors import PipelineError
 from pipeline.history import HISTORY_FIELDS, read_history, write_history
 from pipeline.params import SpeedParams, TrainParams
@@ -108,3 +109,18 @@ def test_thread_settings_cannot_change_once_tensorflow_runs() -> None:
     train_model(tiny_data(), settings(), seed=0)  # TensorFlow is running from here on
     with pytest.raises(PipelineError, match="once TensorFlow has started"):
         configure_threads(SpeedParams(intra_op_threads=1))
+
+
+@pytest.mark.parametrize(
+    ("flags", "warned"),
+    [("fpu avx2 fma", True), ("avx2 avx512f avx512_bf16", False), ("avx2 amx_bf16", False)],
+)
+def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(
+    flags: str, warned: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The CPU is the machine's; only its /proc/cpuinfo flags are stood in for.
+    monkeypatch.setattr(training, "_cpuinfo", lambda field: flags if field == "flags" else "")
+    training.warn_if_bfloat16_is_emulated(SpeedParams(mixed_precision=True))
+    training.warn_if_bfloat16_is_emulated(SpeedParams(mixed_precision=False))
+    emulated = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
+    assert len(emulated) == int(warned)
