@@ -6,6 +6,10 @@
 #   ./tasks.sh exps [dvc exp show args]    experiments at a glance: changed params, headline metrics
 #   ./tasks.sh setup                       only set up
 #   ./tasks.sh lint                        ruff check + format check + mypy
+#
+# On Linux x86_64, set-up installs TensorFlow's GPU build (tensorflow[and-cuda], CUDA from the
+# wheels) where `nvidia-smi` finds a GPU, else its CPU build; --gpu or --cpu before the task
+# forces one, e.g. `./tasks.sh --cpu test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,9 +28,20 @@ python_311() {
   exit 1
 }
 
+tensorflow_build() {  # the pyproject extra: gpu where nvidia-smi lists a GPU, else cpu
+  if [ -n "${BUILD:-}" ]; then
+    echo "$BUILD"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    echo gpu
+  else
+    echo cpu
+  fi
+}
+
 setup() {
-  local python
+  local python build
   python="$(python_311)"
+  build="$(tensorflow_build)"
   if [ ! -x "$TOOLS/bin/uv" ] || [ "$("$TOOLS/bin/uv" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
     "$python" -m venv "$TOOLS"
     "$TOOLS/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
@@ -35,10 +50,15 @@ setup() {
   # --compile-bytecode: write the .pyc files once at install. Where PYTHONDONTWRITEBYTECODE is
   # set, Python would otherwise recompile TensorFlow, MLflow and DVC in every process (an
   # import of TensorFlow takes 3x longer, a no-op `dvc repro` 2x).
-  "$TOOLS/bin/uv" sync --frozen --compile-bytecode --python "$python" --quiet
+  # --extra: one TensorFlow build; uv removes the other one if it is installed.
+  "$TOOLS/bin/uv" sync --frozen --compile-bytecode --python "$python" --quiet --extra "$build"
   export PATH="$PWD/.venv/bin:$PATH"   # DVC stages call `python -m pipeline.<stage>`
 }
 
+BUILD=""
+case "${1:-}" in
+  --gpu | --cpu) BUILD="${1#--}" && shift ;;
+esac
 task="${1:-}"
 shift || true
 case "$task" in
@@ -56,7 +76,7 @@ case "$task" in
     ;;
   lint) setup && ruff check . && ruff format --check . && mypy pipeline bench tests ;;
   *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
