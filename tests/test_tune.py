@@ -301,8 +301,8 @@ def test_stage_writes_the_best_rate_and_a_summary(tuned_project: Path) -> None:
     assert tuned["trials"] == {"complete": 3, "pruned": 0, "failed": 0}
     assert [trial.number for trial in study.trials] == [0, 1, 2]
     assert all(1e-4 <= trial.params["learning_rate"] <= 1e-1 for trial in study.trials)
-    # Each epoch's val_accuracy was reported for pruning (steps are 0-based epochs).
-    assert all(sorted(trial.intermediate_values) == [0, 1] for trial in study.trials)
+    # Each epoch's val_accuracy was reported for pruning (step = epochs completed).
+    assert all(sorted(trial.intermediate_values) == [1, 2] for trial in study.trials)
     configuration = study.user_attrs["configuration"]
     assert configuration["search"]["epochs"] == 2 and configuration["variant"] == VARIANT
 
@@ -473,7 +473,7 @@ def test_median_pruner_stops_a_hopeless_trial(stores: Path) -> None:
     good, hopeless = study.trials
     assert good.state == TrialState.COMPLETE
     assert hopeless.state == TrialState.PRUNED
-    assert list(hopeless.intermediate_values) == [0]  # stopped after its first epoch
+    assert list(hopeless.intermediate_values) == [1]  # stopped after its first epoch
 
 
 def load_or_create(storage: str, params: Params, data: TrainingData) -> optuna.Study:
