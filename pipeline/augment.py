@@ -39,18 +39,16 @@ def affine_transforms(
     """
     shear = shear_degrees * (math.pi / 180.0)
     centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
-    a0 = zoom_x
-    a1 = -ops.sin(shear) * zoom_y
-    b0 = ops.zeros_like(zoom_x)
-    b1 = ops.cos(shear) * zoom_y
+    zeros = ops.zeros_like(zoom_x)
+    a0, a1 = zoom_x, -ops.sin(shear) * zoom_y  # input x from output x and y
+    b1 = ops.cos(shear) * zoom_y  # input y from output y (x does not enter)
     a2 = centre_x + shift_x - a0 * centre_x - a1 * centre_y
-    b2 = centre_y + shift_y - b0 * centre_x - b1 * centre_y
+    b2 = centre_y + shift_y - b1 * centre_y
     sign = 1.0 - 2.0 * ops.cast(flip, "float32")  # -1 where flipped
     flipped = ops.cast(flip, "float32") * (width - 1)
     # Substituting x = flipped + sign·x' into the rows above.
     row_x = (a0 * sign, a1, a2 + a0 * flipped)
-    row_y = (b0 * sign, b1, b2 + b0 * flipped)
-    zeros = ops.zeros_like(zoom_x)
+    row_y = (zeros, b1, b2)
     return ops.stack([*row_x, *row_y, zeros, zeros], axis=1)
 
 
