@@ -7,6 +7,7 @@
 #
 # Queues the named experiments (all of them without names), in the order given. Each trains
 # one variant (its stages are the targets): plain, or bn for the names ending in -bn.
+# SEEDS="4 5" in the environment replaces each experiment's seeds, to add seeds in a later part.
 # A is the article's code, D the project's defaults; abl-A-x is A with setting x back at its
 # default, abl-D+x is D with the article's x alone.
 set -euo pipefail
@@ -35,7 +36,7 @@ seeds_for() {  # five seeds for the two factors the question turns on, three for
 }
 
 queue() {  # queue <name> <variant> "<seeds>" [settings...]
-  local name=$1 variant=$2 seeds=$3
+  local name=$1 variant=$2 seeds=${SEEDS:-$3}
   shift 3
   local args=() targets=() setting pair
   for setting in "$@"; do
