@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -25,7 +23,7 @@ import tensorflow as tf
 
 from pipeline.augment import RandomAffine
 from pipeline.params import AugmentationParams
-from pipeline.training import without_autotune
+from pipeline.training import device_description, without_autotune
 
 BATCH = 32
 
@@ -59,17 +57,6 @@ def images_per_second(dataset: Any, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def cpu_model() -> str:
-    try:
-        with Path("/proc/cpuinfo").open() as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8192)
@@ -93,7 +80,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, dataset in setups.items():
             speeds[name].append(images_per_second(dataset, args.images))
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.images} images, batch {BATCH}")
+    print(f"{device_description()}; {args.images} images, batch {BATCH}")
     baseline = statistics.median(next(iter(speeds.values())))
     for name, values in speeds.items():
         median = statistics.median(values)
