@@ -30,7 +30,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from pipeline.callbacks import MlflowEpochMetrics
+from pipeline.mlflow_callbacks import MlflowEpochMetrics
 from pipeline.model import build_model
 from pipeline.params import SpeedParams, TrainParams
 from pipeline.training import (

@@ -183,9 +183,9 @@ class VariantOverrides(Section):
 
 
 class PrunerParams(Section):
-    """Optuna pruner and its settings."""
+    """Optuna pruner and its settings; steps are epochs completed."""
 
-    kind: Literal["median", "hyperband", "none"] = "median"
+    kind: Literal["successive_halving", "hyperband", "median", "none"] = "successive_halving"
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
     n_warmup_steps: Annotated[int, Field(ge=0)] = 1
     min_resource: PositiveInt = 1
@@ -198,7 +198,6 @@ class TuneParams(Section):
     n_trials: Annotated[int, Field(ge=0)] = 0
     lr_low: PositiveFloat = 1e-5
     lr_high: PositiveFloat = 1e-1
-    epochs: PositiveInt = 3
     subset: PositiveInt | None = Field(
         default=None, description="training images per trial (None: the whole split)"
     )

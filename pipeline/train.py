@@ -16,12 +16,12 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 
 from pipeline import tracking
-from pipeline.callbacks import MlflowEpochMetrics, MlflowProbeMetrics
 from pipeline.cli import run_stage, stage_parser
 from pipeline.figures import learning_curves_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
 from pipeline.history import write_history
 from pipeline.layout import PREPARED_KEYS, project_root, run_name, variant_files
+from pipeline.mlflow_callbacks import MlflowEpochMetrics, MlflowProbeMetrics
 from pipeline.model import export_model
 from pipeline.params import load_params
 from pipeline.probes import write_preactivations, write_probes

@@ -158,7 +158,7 @@ def make_datasets(
     steps = None
     if settings.epoch_fraction < 1:
         # The article's half-epochs: an endless stream cut into shorter "epochs".
-        steps = max(1, math.ceil(len(data.y_train) * settings.epoch_fraction / settings.batch_size))
+        steps = steps_per_epoch(settings, len(data.y_train))
         train = train.repeat()
     validation = tf.data.Dataset.from_tensor_slices(
         (data.x_val, data.y_val.astype(np.int32))
@@ -215,7 +215,7 @@ def train_model(
     model = compiled_model(settings)
     images_per_epoch = (steps * settings.batch_size) if steps else len(data.y_train)
     warn_if_bn_statistics_lag(
-        settings, settings.epochs * math.ceil(images_per_epoch / settings.batch_size)
+        settings, settings.epochs * steps_per_epoch(settings, len(data.y_train))
     )
     telemetry = EpochTelemetry(images_per_epoch)
     guard = StopOnNonFiniteLoss()
@@ -251,7 +251,14 @@ def train_model(
 
 
 def warn_if_bn_statistics_lag(settings: TrainParams, total_steps: int) -> None:
-    """Warn when BatchNormalization's moving statistics cannot have forgotten their start.
+    """Warn when BatchNormalization's moving statistics cannot have forgotten their start."""
+    lag = bn_statistics_lag(settings, total_steps)
+    if lag is not None:
+        log.warning("%s: validation and test accuracy will understate the model", lag)
+
+
+def bn_statistics_lag(settings: TrainParams, total_steps: int) -> str | None:
+    """Why BatchNormalization's moving statistics still hold their start after a run, or None.
 
     They begin at mean 0, variance 1 and move by (1 - momentum) per step; after n steps a
     share momentum**n of the start is left. The variance of sigmoid outputs is ~0.01, so
@@ -259,15 +266,19 @@ def warn_if_bn_statistics_lag(settings: TrainParams, total_steps: int) -> None:
     a short run then validates near chance though it trains well.
     """
     left = settings.bn_momentum**total_steps
-    if settings.batch_norm and left > BN_START_LEFT_LIMIT:
-        log.warning(
-            "%d training steps at train.bn_momentum %g leave %.0f%% of BatchNormalization's "
-            "initial moving statistics in the ones validation and test use: their accuracy "
-            "will understate the model. Lower train.bn_momentum (e.g. 0.9) or train longer",
-            total_steps,
-            settings.bn_momentum,
-            100 * left,
-        )
+    if not settings.batch_norm or left <= BN_START_LEFT_LIMIT:
+        return None
+    return (
+        f"{total_steps} training steps at train.bn_momentum {settings.bn_momentum:g} leave "
+        f"{100 * left:.0f}% of BatchNormalization's initial moving statistics (variance 1, "
+        "where the sigmoid outputs' is ~0.01) in the ones validation and test use. Lower "
+        "train.bn_momentum (e.g. 0.9) or train more steps"
+    )
+
+
+def steps_per_epoch(settings: TrainParams, n_images: int) -> int:
+    """Training steps in one epoch of `n_images` images (a share of them with epoch_fraction)."""
+    return max(1, math.ceil(n_images * settings.epoch_fraction / settings.batch_size))
 
 
 def probe_callback(

@@ -1,7 +1,7 @@
 """Stage `tune@<variant>`: choose the learning rate a variant trains with.
 
 With `tune.n_trials: 0` the configured learning rate passes through at once, without
-loading TensorFlow or the data. Otherwise the variant's Optuna study (pipeline/study.py)
+loading TensorFlow or the data. Otherwise the variant's Optuna study (pipeline/tuning/)
 is run or continued until it holds `tune.n_trials` finished trials, and its best learning
 rate is written for `train`.
 
@@ -23,7 +23,7 @@ from pipeline.layout import tuned_file
 from pipeline.params import Params, load_params
 
 if TYPE_CHECKING:
-    from pipeline.study import StudySummary
+    from pipeline.tuning.summary import StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,21 @@ def _tune(params: Params, variant: str, n_trials: int, storage: str | None) -> S
     """Run the variant's study; TensorFlow and Optuna are imported only here."""
     import optuna
 
-    from pipeline import study, tracking
+    from pipeline import tracking
+    from pipeline.tuning.data import load_tuning_data
+    from pipeline.tuning.spec import trial_settings
+    from pipeline.tuning.storage import storage_url
+    from pipeline.tuning.worker import run_study
 
     tracking.check_server()  # before the study's storage is created or data is loaded
     # Optuna's messages go through the stage's logging set-up, like every other message.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
-    settings = study.trial_settings(params, variant)
-    data = study.load_tuning_data(
+    settings = trial_settings(params, variant)
+    data = load_tuning_data(
         params.paths.prepared_dataset, settings, params.tune.subset, params.seed
     )
-    return study.run_study(params, variant, data, n_trials, study.storage_url(storage))
+    return run_study(params, variant, data, n_trials, storage_url(storage))
 
 
 if __name__ == "__main__":

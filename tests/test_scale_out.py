@@ -18,8 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import study as tuning
 from pipeline.params import Params
+from pipeline.tuning.data import subset_data
 from tests.conftest import PROJECT_ROOT, project_environment
 from tests.test_tune import VARIANT, load, tiny_data, write_project
 
@@ -104,7 +104,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 def test_three_workers_share_a_postgresql_study_and_an_mlflow_server(
     servers: Servers, tmp_path: Path
 ) -> None:
-    root = write_project(tmp_path / "project", epochs=1, pruner={"kind": "none"})
+    root = write_project(tmp_path / "project")
     command = [
         sys.executable, "-m", "pipeline.tune", VARIANT,
         "--n-trials", str(TRIALS), "--storage", servers.optuna_url,
@@ -125,10 +125,11 @@ def test_three_workers_share_a_postgresql_study_and_an_mlflow_server(
         assert "Traceback" not in stderr.decode()
 
     params = Params.model_validate(yaml.safe_load((root / "params.yaml").read_text()))
-    subset = tuning.subset_data(tiny_data(), params.tune.subset, params.seed)
+    subset = subset_data(tiny_data(), params.tune.subset, params.seed)
     trials = load(servers.optuna_url, params, subset).get_trials(deepcopy=False)
     finished = {trial.number for trial in trials if trial.state in FINISHED}
-    assert len(finished) == TRIALS
+    # MaxTrialsCallback stops each worker after its trial ends: up to one extra per other worker.
+    assert TRIALS <= len(finished) <= TRIALS + WORKERS - 1
     assert not [trial for trial in trials if trial.state == TrialState.RUNNING]
 
     client = MlflowClient(tracking_uri=servers.mlflow_url)
