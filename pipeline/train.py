@@ -17,6 +17,7 @@ from mlflow.models import infer_signature
 
 from pipeline import tracking
 from pipeline.cli import run_stage, stage_parser
+from pipeline.devices import claim_gpu
 from pipeline.figures import learning_curves_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
 from pipeline.history import write_history
@@ -63,6 +64,7 @@ def main() -> None:
 
 def _run(args: argparse.Namespace) -> None:
     params = load_params(args.params)
+    claim_gpu(project_root())  # before TensorFlow first touches a GPU
     seed = params.seeds[0] if args.seed is None else args.seed
     name = run_name(args.variant, seed)
     files = variant_files(params.paths, args.variant, seed)

@@ -17,9 +17,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from pipeline.cli import add_common_arguments, run_stage
+from pipeline.devices import claim_gpu
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.layout import tuned_file
+from pipeline.layout import project_root, tuned_file
 from pipeline.params import Params, load_params
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def _run(args: argparse.Namespace) -> None:
             "set, and the test accuracy would no longer measure the model fairly: tune with "
             "validation_data: split (data.val_fraction above 0), or set tune.n_trials: 0"
         )
+    claim_gpu(project_root())  # before TensorFlow first touches a GPU
     summary = _tune(params, args.variant, n_trials, args.storage or params.tune.storage)
     if worker:
         log.info("%s: %s", args.variant, summary.describe())
