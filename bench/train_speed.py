@@ -143,7 +143,7 @@ def configurations(x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: b
     setups = []
     for variant, batch_norm in (("plain", False), ("bn", True)):
         defaults = TrainParams(batch_norm=batch_norm)
-        bf16_speed = SpeedParams(mixed_precision=True)
+        bf16_speed = SpeedParams(precision="mixed_bfloat16")
         options: list[tuple[bool, str, str, TrainParams, list[Any] | None]] = [
             (True, "b", "pipeline, defaults", defaults, None),
             (True, "b+", "defaults + MLflow logging", defaults, mlflow_logging(store, variant)),
@@ -210,7 +210,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--xla", action="store_true", help="also train.speed.jit_compile")
     parser.add_argument(
-        "--bf16", action="store_true", help="also train.speed.mixed_precision (and at batch 128)"
+        "--bf16",
+        action="store_true",
+        help="also train.speed.precision mixed_bfloat16 (and at batch 128)",
     )
     parser.add_argument(
         "--only",

@@ -64,12 +64,14 @@ def build_model(
 
     Activations are separate layers named `<layer>_act` so that pre-activations can be
     inspected; the function is the same as the article's `Conv2D(activation=...)`.
-    `speed.mixed_precision` computes in bfloat16 with float32 weights (per layer, not Keras'
-    global policy, so that models built later in the same process are unaffected);
-    `speed.fused_batch_norm` picks FusedBatchNormalization over Keras' stock layer.
+    `speed.precision` sets the dtype policy of the convolutions, pooling and dense layers
+    (per layer, not Keras' global policy, so that models built later in the same process are
+    unaffected); with `speed.float32_nonlinearities` the activations and BatchNormalization
+    stay float32. `speed.fused_batch_norm` picks FusedBatchNormalization over Keras' layer.
     """
     speed = speed or SpeedParams()
-    dtype = "mixed_bfloat16" if speed.mixed_precision else "float32"
+    dtype = speed.precision
+    nonlinear_dtype = "float32" if speed.float32_nonlinearities else dtype
     norm_layer = (
         FusedBatchNormalization if speed.fused_batch_norm else keras.layers.BatchNormalization
     )
@@ -80,12 +82,12 @@ def build_model(
         x = keras.layers.Conv2D(
             filters, 3, padding="same", kernel_initializer=initializer, name=name, dtype=dtype
         )(x)
-        x = _activation_block(x, settings, name, dtype, norm_layer)
+        x = _activation_block(x, settings, name, nonlinear_dtype, norm_layer)
         if index % 2 == 0:
             x = keras.layers.MaxPooling2D(2, name=f"pool{index // 2}", dtype=dtype)(x)
     x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
     x = keras.layers.Dense(128, kernel_initializer="he_uniform", name="dense", dtype=dtype)(x)
-    x = keras.layers.Activation(settings.activation, name="dense_act", dtype=dtype)(x)
+    x = keras.layers.Activation(settings.activation, name="dense_act", dtype=nonlinear_dtype)(x)
     # float32 softmax keeps the loss stable when the rest runs in mixed precision.
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="classifier"

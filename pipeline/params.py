@@ -113,8 +113,18 @@ class SpeedParams(Section):
     """How training runs, not what it computes: docs/speed.md has each measured effect."""
 
     jit_compile: bool = Field(default=False, description="compile the training step with XLA")
-    mixed_precision: bool = Field(
-        default=False, description="mixed_bfloat16: fast only on CPUs with native bfloat16"
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
+        default="float32",
+        description="compute dtype of convolutions and dense layers (weights stay float32); "
+        "mixed_float16 scales the loss; bfloat16 is fast only on CPUs with native bfloat16",
+    )
+    float32_nonlinearities: bool = Field(
+        default=True,
+        description="with a mixed precision, compute activations and BatchNormalization in "
+        "float32: a sigmoid output above ~0.996 rounds to 1.0 in bfloat16 and its gradient to 0",
+    )
+    steps_per_execution: PositiveInt = Field(
+        default=1, description="training steps per call into TensorFlow (fewer Python round trips)"
     )
     fused_batch_norm: bool = Field(
         default=True,

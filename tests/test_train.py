@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from typing import Any
 
+import keras
 import numpy as np
 import pytest
 
@@ -73,8 +75,17 @@ def test_non_finite_loss_fails_with_a_clear_message() -> None:
         train_model(tiny_data(), exploding, seed=0)
 
 
-@pytest.mark.parametrize("speed", [{"jit_compile": True}, {"mixed_precision": True}])
-def test_speed_options_train_to_finite_metrics(speed: dict[str, bool]) -> None:
+@pytest.mark.parametrize(
+    "speed",
+    [
+        {"jit_compile": True},
+        {"precision": "mixed_bfloat16"},
+        {"precision": "mixed_bfloat16", "float32_nonlinearities": False},
+        {"precision": "mixed_float16"},
+        {"steps_per_execution": 3},
+    ],
+)
+def test_speed_options_train_to_finite_metrics(speed: dict[str, Any]) -> None:
     jit = speed.get("jit_compile", False)
     result = train_model(
         tiny_data(),
@@ -85,9 +96,18 @@ def test_speed_options_train_to_finite_metrics(speed: dict[str, bool]) -> None:
 
     assert len(result.history) == 1
     assert all(math.isfinite(value) for value in result.history[0].values())
+    precision = speed.get("precision", "float32")
     conv = result.model.get_layer("conv1")
-    assert conv.compute_dtype == ("bfloat16" if speed.get("mixed_precision") else "float32")
+    assert conv.compute_dtype == precision.removeprefix("mixed_")
     assert conv.variable_dtype == "float32"
+    low = precision != "float32" and not speed.get("float32_nonlinearities", True)
+    for layer in ("conv1_act", "conv1_bn", "dense_act"):
+        assert result.model.get_layer(layer).compute_dtype == (
+            precision.removeprefix("mixed_") if low else "float32"
+        )
+    scaled = isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")
+    assert result.model.steps_per_execution == speed.get("steps_per_execution", 1)
 
 
 def test_thread_settings_apply_before_tensorflow_starts() -> None:
@@ -120,7 +140,23 @@ def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(
 ) -> None:
     # The CPU is the machine's; only its /proc/cpuinfo flags are stood in for.
     monkeypatch.setattr(training, "_cpuinfo", lambda field: flags if field == "flags" else "")
-    training.warn_if_bfloat16_is_emulated(SpeedParams(mixed_precision=True))
-    training.warn_if_bfloat16_is_emulated(SpeedParams(mixed_precision=False))
+    training.warn_if_bfloat16_is_emulated(SpeedParams(precision="mixed_bfloat16"))
+    training.warn_if_bfloat16_is_emulated(SpeedParams(precision="float32"))
     emulated = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
     assert len(emulated) == int(warned)
+
+
+def test_steps_per_execution_trains_the_same_weights() -> None:
+    """Only how often Python calls into TensorFlow changes: the same steps, the same model
+    (which is why a study does not restart when it changes)."""
+    one, three = (
+        train_model(
+            tiny_data(),
+            settings(batch_norm=True, speed=SpeedParams(steps_per_execution=steps)),
+            seed=4,
+        )
+        for steps in (1, 3)
+    )
+    assert three.model.optimizer.iterations.numpy() == one.model.optimizer.iterations.numpy() == 8
+    for before, after in zip(one.model.get_weights(), three.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)

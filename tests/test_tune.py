@@ -201,6 +201,7 @@ def test_study_name_follows_the_search_configuration() -> None:
     for section, change in (
         ("speed", {"intra_op_threads": 1}),
         ("speed", {"inter_op_threads": 1}),
+        ("speed", {"steps_per_execution": 4}),
         ("probe", {"interval": 0}),
         ("probe", {"images": 32}),
         (None, {"resume": True}),

@@ -28,7 +28,9 @@ NOT_A_TRIAL_OUTCOME: dict[str, Any] = {
     "learning_rate": True,
     "resume": True,
     "probe": True,
-    "speed": {"intra_op_threads", "inter_op_threads"},
+    # Threads and steps per call into TensorFlow: the same steps, the same weights
+    # (tests/test_train.py::test_steps_per_execution_trains_the_same_weights).
+    "speed": {"intra_op_threads", "inter_op_threads", "steps_per_execution"},
 }
 
 
