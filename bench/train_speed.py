@@ -5,11 +5,12 @@
 Each configuration trains the same architecture on the same synthetic images (speed does not
 depend on pixel values). Configurations are interleaved and repeated; each one's median and
 best images/s are reported with the median's ratio to the article's setup, next to the
-float32 matmul peak measured in the same run. "slow starts" counts the timed epochs whose
-first step took over a second (tf.data's autotuner stalls them; the pipeline switches it off).
-`--bf16` adds mixed bfloat16 at batch 32 and at batch 128, the fastest option; `--xla` adds
-XLA. Op determinism (the training stage's default) stays off here so that XLA can run; in
-separate processes it made no measurable difference. Figures only: nothing passes or fails.
+float32 matmul peak measured in the same run. "slow starts" counts the timed epochs whose first
+step took over a second (tf.data's autotuner stalls them; the pipeline switches it off).
+`--bf16` adds mixed bfloat16 (activations and BN in float32, and all in bfloat16) at batch 32
+and at batch 128, the fastest option; `--xla` adds XLA. Op determinism (the training stage's
+default) stays off here so that XLA can run; in separate processes it made no measurable
+difference. Figures only: nothing passes or fails.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def configurations(x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: b
     setups = []
     for variant, batch_norm in (("plain", False), ("bn", True)):
         defaults = TrainParams(batch_norm=batch_norm)
-        bf16_speed = SpeedParams(precision="mixed_bfloat16")
+        bf16_speed = SpeedParams(precision="mixed_bfloat16")  # activations and BN float32
+        all_bf16_speed = bf16_speed.model_copy(update={"float32_nonlinearities": False})
         options: list[tuple[bool, str, str, TrainParams, list[Any] | None]] = [
             (True, "b", "pipeline, defaults", defaults, None),
             (True, "b+", "defaults + MLflow logging", defaults, mlflow_logging(store, variant)),
@@ -157,6 +159,13 @@ def configurations(x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: b
             ),
             (True, "c", "batch 128", defaults.model_copy(update={"batch_size": 128}), None),
             (
+                True,
+                "s",
+                "8 steps per execution",
+                defaults.model_copy(update={"speed": SpeedParams(steps_per_execution=8)}),
+                None,
+            ),
+            (
                 xla,
                 "d",
                 "XLA (jit_compile)",
@@ -164,6 +173,13 @@ def configurations(x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: b
                 None,
             ),
             (bf16, "e", "mixed_bfloat16", defaults.model_copy(update={"speed": bf16_speed}), None),
+            (
+                bf16,
+                "e-",
+                "mixed_bfloat16, activations and BN too",
+                defaults.model_copy(update={"speed": all_bf16_speed}),
+                None,
+            ),
             (
                 bf16,
                 FASTEST,
@@ -249,7 +265,7 @@ def main() -> None:
     )
     medians = {key: statistics.median(values) for key, values in speeds.items()}
     print(
-        f"{'variant':8} {'setup':33} {'median img/s':>12} {'best':>6} {'x article':>10} "
+        f"{'variant':8} {'setup':42} {'median img/s':>12} {'best':>6} {'x article':>10} "
         f"{'of limit':>9} {'slow starts':>12}"
     )
     for setup in setups:
@@ -257,7 +273,7 @@ def main() -> None:
         article = medians.get((setup.variant, "a"), math.nan)
         slow = sum(seconds > SLOW_START_SECONDS for seconds in timers[key].seconds)
         print(
-            f"{setup.variant:8} {setup.key + ')':3} {setup.name:29} {medians[key]:12.0f} "
+            f"{setup.variant:8} {setup.key + ')':3} {setup.name:38} {medians[key]:12.0f} "
             f"{max(speeds[key]):6.0f} {medians[key] / article:10.2f} "
             f"{medians[key] / limit:9.0%} {slow:>6}/{args.repeats}"
         )
