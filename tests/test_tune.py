@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -327,9 +328,20 @@ def test_stage_writes_the_best_rate_and_a_summary(tuned_project: Path) -> None:
     assert tuned["epochs"] == {"trained": 6, "unpruned": 6}  # pruner none: 3 trials x 2 epochs
     assert [trial.number for trial in study.trials] == [0, 1, 2]
     assert all(1e-4 <= trial.params["learning_rate"] <= 1e-1 for trial in study.trials)
-    # Each epoch's -val_loss was reported for pruning (step = epochs completed).
-    assert all(sorted(trial.intermediate_values) == [1, 2] for trial in study.trials)
-    assert all(max(trial.intermediate_values.values()) < 0 for trial in study.trials)
+    # Each epoch's exp(-val_loss) was reported for pruning (step = epochs completed): the
+    # trial's own val_loss, as its MLflow child run logged it.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tuned_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    for run in client.search_runs([experiment.experiment_id]):
+        if "optuna_trial_number" not in run.data.tags:
+            continue
+        trial = study.trials[int(run.data.tags["optuna_trial_number"])]
+        losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+        assert sorted(trial.intermediate_values) == sorted(losses) == [1, 2]
+        for epoch, value in trial.intermediate_values.items():
+            assert value == pytest.approx(math.exp(-losses[epoch]), rel=1e-6)
+    assert study.metric_names == ["val_accuracy"]
     configuration = study.user_attrs["configuration"]
     assert configuration["training"]["epochs"] == 2 and configuration["variant"] == VARIANT
 

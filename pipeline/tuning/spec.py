@@ -3,13 +3,15 @@
 Trials train exactly the run their rate is for (the variant's `train` settings, `train.epochs`
 epochs), so the best trial is the best rate for that run. The pruner stops losing trials
 early: it compares trials after the same number of epochs by their validation loss, which
-still ranks trials whose accuracy is tied at chance, as many are after the first epochs.
+(as exp(-val_loss), on accuracy's scale), which still ranks trials whose accuracy is tied at
+chance, as many are after the first epochs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from pipeline.params import Params, TrainParams, TuneParams
 
 PARAM = "learning_rate"
 OBJECTIVE = "val_accuracy"  # after the last epoch: the study maximizes it
-PRUNING_VALUE = "-val_loss"  # after each epoch: the pruner compares it (higher is better)
+PRUNING_VALUE = "exp(-val_loss)"  # after each epoch: the pruner compares it (higher is better)
 
 # Training settings that do not change what a trial scores: the searched rate, and how a run
 # is resourced, probed or checkpointed. Changing them continues the same study.
@@ -143,4 +145,8 @@ def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.
     )
     if "configuration" not in study.user_attrs:
         study.set_user_attr("configuration", spec.configuration())
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # metric names are an experimental Optuna API
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])  # optuna-dashboard's axis, not "Objective 0"
     return study
