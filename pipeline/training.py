@@ -6,13 +6,14 @@ lives here, so editing a stage's tracking does not make the other stale in DVC's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,15 +236,16 @@ def train_model(
         checkpoint = RunCheckpoint(checkpoints / "run.json", telemetry, probes)
         resuming = [checkpoint, keras.callbacks.BackupAndRestore(str(checkpoints / "keras"))]
     started = time.perf_counter()
-    model.fit(
-        train,
-        validation_data=validation,
-        epochs=settings.epochs,
-        steps_per_epoch=steps,
-        callbacks=[telemetry, guard, *observers, *resuming],
-        shuffle=False,  # the dataset shuffles itself, seeded; Keras would ignore True anyway
-        verbose=2,
-    )
+    with deterministic_kernels_required(settings.deterministic):
+        model.fit(
+            train,
+            validation_data=validation,
+            epochs=settings.epochs,
+            steps_per_epoch=steps,
+            callbacks=[telemetry, guard, *observers, *resuming],
+            shuffle=False,  # the dataset shuffles itself, seeded; Keras would ignore True anyway
+            verbose=2,
+        )
     wall_seconds = (
         checkpoint.wall_seconds() if checkpoint is not None else time.perf_counter() - started
     )
@@ -255,6 +257,25 @@ def train_model(
             "(train.learning_rate or the variant's learning_rate) or enable batch_norm"
         )
     return TrainingResult(model, telemetry.history, wall_seconds)
+
+
+@contextlib.contextmanager
+def deterministic_kernels_required(deterministic: bool) -> Iterator[None]:
+    """Turn TensorFlow's refusal of an op without a deterministic kernel (some GPU kernels
+    have none) into one message naming the choice: TensorFlow raises it at the op's first
+    run, which depends on the device and TensorFlow's version, so it is not known ahead."""
+    try:
+        yield
+    except tf.errors.UnimplementedError as error:
+        if not deterministic or "eterministic" not in error.message:
+            raise
+        first_line = error.message.strip().splitlines()[0]
+        raise PipelineError(
+            f"train.deterministic is on, but TensorFlow has no deterministic kernel for an op "
+            f"of this run on {device_description()} ({first_line}). Set "
+            "train.deterministic: false to train anyway (reruns then differ slightly), or "
+            "train on the CPU (CUDA_VISIBLE_DEVICES=)"
+        ) from error
 
 
 def warn_if_bn_statistics_lag(settings: TrainParams, total_steps: int) -> None:

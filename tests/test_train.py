@@ -160,3 +160,19 @@ def test_steps_per_execution_trains_the_same_weights() -> None:
     assert three.model.optimizer.iterations.numpy() == one.model.optimizer.iterations.numpy() == 8
     for before, after in zip(one.model.get_weights(), three.model.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+def test_an_op_without_a_deterministic_kernel_is_refused_with_the_choice() -> None:
+    """TensorFlow's error for such an op (raised on GPUs; no CPU op of this model has one,
+    so the error is raised here as TensorFlow raises it)."""
+    import tensorflow as tf
+
+    missing = tf.errors.UnimplementedError(
+        None, None, "A deterministic GPU implementation of SomeOp is not currently available."
+    )
+    with pytest.raises(PipelineError, match=r"no deterministic kernel.*SomeOp.*deterministic: fa"):
+        with training.deterministic_kernels_required(True):
+            raise missing
+    with pytest.raises(tf.errors.UnimplementedError):  # asked for no determinism: as it is
+        with training.deterministic_kernels_required(False):
+            raise missing
