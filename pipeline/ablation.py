@@ -50,8 +50,26 @@ NOT_A_FACTOR = frozenset(
         "train.probe.images",
         "train.speed.intra_op_threads",
         "train.speed.inter_op_threads",
+        "train.speed.steps_per_execution",  # the same steps, the same weights
     }
 )
+
+
+def comparable_params(params: dict[str, str]) -> dict[str, str]:
+    """A run's params as today's code names them, so that runs logged before a rename group
+    with the runs after it: `train.speed.mixed_precision` (true: everything in bfloat16)
+    became `precision` and `float32_nonlinearities`, which has no effect in float32."""
+    params = dict(params)
+    mixed = params.pop("train.speed.mixed_precision", None)
+    if mixed is not None:
+        bfloat16 = mixed == "True"
+        params.setdefault("train.speed.precision", "mixed_bfloat16" if bfloat16 else "float32")
+        params.setdefault("train.speed.float32_nonlinearities", "False")
+    if params.get("train.speed.precision") == "float32":
+        params.pop("train.speed.float32_nonlinearities", None)
+    return params
+
+
 FIRST_LAYER_UPDATE = "probe/conv1/update_ratio"
 
 
@@ -105,7 +123,10 @@ def training_runs(
 
 def read_runs(path: Path) -> list[RunResult]:
     """The runs an earlier summary wrote to its OUT.runs.json."""
-    return [RunResult(**record) for record in read_json(path)]
+    records = read_json(path)
+    return [
+        RunResult(**{**record, "params": comparable_params(record["params"])}) for record in records
+    ]
 
 
 def read_run(client: MlflowClient, run: Run) -> RunResult:
@@ -118,7 +139,7 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
         experiment=run.data.tags.get("dvc_exp_name", ""),
         variant=run.data.tags.get("variant", run.data.params.get("variant", "")),
         seed=run.data.tags.get("seed", run.data.params.get("seed", "")),
-        params=dict(run.data.params),
+        params=comparable_params(dict(run.data.params)),
         test_accuracy=run.data.metrics["test_accuracy"],
         val_accuracy_first=history[0].value if history else math.nan,
         val_accuracy_last=history[-1].value if history else math.nan,

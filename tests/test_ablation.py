@@ -1,0 +1,55 @@
+"""The ablation summary's grouping, on runs as MLflow holds them (tests/test_queue.py runs
+the whole workflow through real queued DVC experiments)."""
+
+from __future__ import annotations
+
+from pipeline.ablation import RunResult, comparable_params, group_runs
+
+
+def run(seed: int, **params: str) -> RunResult:
+    shared = {"normalize.method": "standardize", "train.batch_norm": "False"}
+    return RunResult(
+        run_id=f"run{seed}{len(params)}",
+        experiment="",
+        variant="plain",
+        seed=str(seed),
+        params=comparable_params({**shared, **params}),
+        test_accuracy=0.6,
+        val_accuracy_first=0.3,
+        val_accuracy_last=0.6,
+        first_layer_update=1e-3,
+    )
+
+
+def test_runs_logged_before_the_precision_rename_group_with_runs_after_it() -> None:
+    before = run(1, **{"train.speed.mixed_precision": "False"})
+    after = run(
+        2,
+        **{
+            "train.speed.precision": "float32",
+            "train.speed.float32_nonlinearities": "True",
+            "train.speed.steps_per_execution": "8",
+        },
+    )
+    (group,) = group_runs([before, after])
+    assert len(group.runs) == 2
+
+
+def test_bfloat16_runs_stay_apart_by_what_ran_in_bfloat16() -> None:
+    all_bfloat16 = run(1, **{"train.speed.mixed_precision": "True"})
+    same_again = run(
+        2,
+        **{
+            "train.speed.precision": "mixed_bfloat16",
+            "train.speed.float32_nonlinearities": "False",
+        },
+    )
+    float32_sigmoids = run(
+        3,
+        **{"train.speed.precision": "mixed_bfloat16", "train.speed.float32_nonlinearities": "True"},
+    )
+    float32 = run(4, **{"train.speed.mixed_precision": "False"})
+    groups = group_runs([all_bfloat16, same_again, float32_sigmoids, float32])
+    assert sorted(len(group.runs) for group in groups) == [1, 1, 2]
+    (pair,) = [group for group in groups if len(group.runs) == 2]
+    assert {result.seed for result in pair.runs} == {"1", "2"}
