@@ -9,7 +9,8 @@ the reference group with a 95% Welch interval, how many runs were still at chanc
 epoch 1 and at the end (with Fisher's exact test against the reference), and the first
 layer's update-to-weight ratio at epoch 1 (geometric mean over seeds).
 
-Every run read is also written, with its params, to OUT.runs.json; `--add-runs` reads such
+OUT-update_ratios.png draws each group's update-to-weight ratio per layer (first and last
+epoch). Every run read is also written, with its params, to OUT.runs.json; `--add-runs` reads such
 files back, so that a grid run in parts, on machines whose stores are gone, is summarized whole.
 """
 
@@ -19,11 +20,12 @@ import argparse
 import dataclasses
 import logging
 import math
+import re
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -33,9 +35,13 @@ from pipeline import tracking
 from pipeline.chance import at_chance
 from pipeline.cli import add_common_arguments, run_stage
 from pipeline.errors import PipelineError
+from pipeline.figures import layer_profile_figure, save
 from pipeline.files import read_json, write_json, write_text
 from pipeline.params import load_params
 from pipeline.seed_stats import difference, spread
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,7 @@ def comparable_params(params: dict[str, str]) -> dict[str, str]:
 
 
 FIRST_LAYER_UPDATE = "probe/conv1/update_ratio"
+UPDATE_RATIO = re.compile(r"probe/(?P<layer>[^/]+)/update_ratio")
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ class RunResult:
     val_accuracy_first: float
     val_accuracy_last: float
     first_layer_update: float  # NaN when the run was not probed at epoch 1
+    # probe/<layer>/update_ratio per epoch ({layer: {epoch: ratio}}); empty in records
+    # written before it was kept
+    update_ratios: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,8 +142,15 @@ def read_runs(path: Path) -> list[RunResult]:
 def read_run(client: MlflowClient, run: Run) -> RunResult:
     """The metrics the table needs, from the run and its per-epoch histories."""
     history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=_step)
-    updates = client.get_metric_history(run.info.run_id, FIRST_LAYER_UPDATE)
-    first_update = [metric.value for metric in updates if metric.step == 1]
+    update_ratios = {
+        match["layer"]: {
+            str(metric.step): metric.value
+            for metric in client.get_metric_history(run.info.run_id, key)
+        }
+        for key in run.data.metrics
+        if (match := UPDATE_RATIO.fullmatch(key))
+    }
+    first_update = update_ratios.get("conv1", {}).get("1")
     return RunResult(
         run_id=run.info.run_id,
         experiment=run.data.tags.get("dvc_exp_name", ""),
@@ -143,7 +160,8 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
         test_accuracy=run.data.metrics["test_accuracy"],
         val_accuracy_first=history[0].value if history else math.nan,
         val_accuracy_last=history[-1].value if history else math.nan,
-        first_layer_update=first_update[0] if first_update else math.nan,
+        first_layer_update=first_update if first_update is not None else math.nan,
+        update_ratios=update_ratios,
     )
 
 
@@ -251,6 +269,37 @@ def _geometric_mean(values: list[float]) -> float:
     if len(finite) != len(values) or not finite:
         return math.nan
     return math.exp(statistics.fmean(math.log(value) for value in finite))
+
+
+def layer_depth(layer: str) -> tuple[int, int]:
+    """Input to output: conv1..convN, then dense, then the classifier."""
+    if layer.startswith("conv") and layer[4:].isdigit():
+        return (0, int(layer[4:]))
+    return (1, 0) if layer == "dense" else (2, 0)
+
+
+def update_ratio_figure(groups: list[Group]) -> plt.Figure | None:
+    """Each group and variant's update-to-weight ratio per layer, first and last epoch (the
+    comparable measure of how much a layer learns across variants; None without probes)."""
+    profiles: dict[str, list[list[dict[str, Any]]]] = {}
+    for group in groups:
+        for variant in sorted({run.variant for run in group.runs}):
+            per_seed = [
+                [
+                    {"epoch": int(epoch), "depth": depth, "layer": layer, "update_ratio": ratio}
+                    for depth, layer in enumerate(sorted(run.update_ratios, key=layer_depth))
+                    for epoch, ratio in run.update_ratios[layer].items()
+                ]
+                for run in group.runs
+                if run.variant == variant and run.update_ratios
+            ]
+            if per_seed:
+                profiles[f"{group.name} ({variant})"] = per_seed
+    if not profiles:
+        return None
+    return layer_profile_figure(
+        profiles, "update_ratio", "Update-to-weight ratio per layer", log_scale=True
+    )
 
 
 def markdown(groups: list[Group], rows: list[dict[str, Any]], reference: Group) -> str:
@@ -361,6 +410,9 @@ def _run(args: argparse.Namespace) -> None:
         },
     )
     write_json(args.out.with_suffix(".runs.json"), [dataclasses.asdict(run) for run in runs])
+    figure = update_ratio_figure(groups)
+    if figure is not None:
+        save(figure, args.out.with_name(f"{args.out.name}-update_ratios.png"))
     print(table)
     log.info(
         "%d runs in %d groups; wrote %s.md, .json, .runs.json", len(runs), len(groups), args.out

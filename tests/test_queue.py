@@ -131,6 +131,13 @@ def test_ablation_groups_the_experiments_and_compares_them(queued: Path) -> None
             [reference_stuck, len(SEEDS) - reference_stuck],
         ]
         assert row["stuck_after_epoch_1_p"] == stats.fisher_exact(table).pvalue
+    # Every run's per-layer update ratios, as MLflow holds them, kept and drawn.
+    for record in json.loads((queued / "ablation/table.runs.json").read_text()):
+        history = client.get_metric_history(record["run_id"], "probe/conv1/update_ratio")
+        assert record["update_ratios"]["conv1"] == {str(m.step): m.value for m in history}
+        assert set(record["update_ratios"]) >= {"conv1", "conv4", "dense", "classifier"}
+    figure = queued / "ablation/table-update_ratios.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_ablation_takes_chosen_experiments_or_a_filter(queued: Path) -> None:
