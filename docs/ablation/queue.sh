@@ -7,7 +7,8 @@
 #
 # Queues the named experiments (all of them without names), in the order given. Each trains
 # one variant (its stages are the targets): plain, or bn for the names ending in -bn.
-# SEEDS="4 5" in the environment replaces each experiment's seeds, to add seeds in a later part.
+# SEEDS="4 5" in the environment replaces each experiment's seeds, to add seeds in a later part
+# (the experiment is then named e.g. abl-A-eps-seeds-4-5).
 # A is the article's code, D the project's defaults; abl-A-x is A with setting x back at its
 # default, abl-D+x is D with the article's x alone.
 set -euo pipefail
@@ -36,7 +37,9 @@ seeds_for() {  # five seeds for the two factors the question turns on, three for
 }
 
 queue() {  # queue <name> <variant> "<seeds>" [settings...]
-  local name=$1 variant=$2 seeds=${SEEDS:-$3}
+  # Added seeds run as a second experiment (DVC refuses a name twice), named after them;
+  # pipeline.ablation groups it with the first, their settings being the same.
+  local name=$1${SEEDS:+-seeds-${SEEDS// /-}} variant=$2 seeds=${SEEDS:-$3}
   shift 3
   local args=() targets=() setting pair
   for setting in "$@"; do
