@@ -1,6 +1,7 @@
 """Training throughput: the article's setup against the pipeline's, in one process.
 
-    python bench/train_speed.py [--images 8192] [--repeats 3] [--xla] [--bf16] [--only a,b,f]
+    python bench/train_speed.py [--images 8192] [--repeats 3] [--xla] [--bf16] [--fp16]
+                                [--only a,b,f]
 
 Each configuration trains the same architecture on the same synthetic images (speed does not
 depend on pixel values). Configurations are interleaved and repeated; each one's median and
@@ -8,9 +9,9 @@ best images/s are reported with the median's ratio to the article's setup, next 
 float32 matmul peak measured in the same run. "slow starts" counts the timed epochs whose first
 step took over a second (tf.data's autotuner stalls them; the pipeline switches it off).
 `--bf16` adds mixed bfloat16 (activations and BN in float32, and all in bfloat16) at batch 32
-and at batch 128, the fastest option; `--xla` adds XLA. Op determinism (the training stage's
-default) stays off here so that XLA can run; in separate processes it made no measurable
-difference. Figures only: nothing passes or fails.
+and at batch 128, the fastest option; `--fp16` mixed float16; `--xla` adds XLA. Op determinism
+(the training stage's default) stays off here so that XLA can run; in separate processes it made
+no measurable difference. Figures only: nothing passes or fails.
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def probes(x: np.ndarray, y: np.ndarray, settings: TrainParams) -> Any:
     return probe_callback(TrainingData(x, y, x[:256], y[:256]), settings, seed=0)
 
 
-def configurations(x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: bool) -> list[Setup]:
+def configurations(
+    x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: bool, fp16: bool = False
+) -> list[Setup]:
     """Every setup for each variant; key "a" is the article's setup."""
     setups = []
     for variant, batch_norm in (("plain", False), ("bn", True)):
@@ -178,6 +181,13 @@ def configurations(x: np.ndarray, y: np.ndarray, store: Path, xla: bool, bf16: b
                 "e-",
                 "mixed_bfloat16, activations and BN too",
                 defaults.model_copy(update={"speed": all_bf16_speed}),
+                None,
+            ),
+            (
+                fp16,
+                "h",
+                "mixed_float16, loss scaled",
+                defaults.model_copy(update={"speed": SpeedParams(precision="mixed_float16")}),
                 None,
             ),
             (
@@ -231,6 +241,9 @@ def main() -> None:
         help="also train.speed.precision mixed_bfloat16 (and at batch 128)",
     )
     parser.add_argument(
+        "--fp16", action="store_true", help="also precision mixed_float16 (pays on GPUs)"
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated setup keys to run, e.g. 'b,b~' for the probe overhead alone",
     )
@@ -241,7 +254,7 @@ def main() -> None:
     y = (np.arange(args.images) % 10).astype(np.uint8)
     keras.utils.set_random_seed(0)
     store = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
-    setups = configurations(x, y, store, args.xla, args.bf16)
+    setups = configurations(x, y, store, args.xla, args.bf16, args.fp16)
     if args.only:
         setups = [setup for setup in setups if setup.key in args.only.split(",")]
     for setup in setups:  # warm-up: tracing and first-call allocations
