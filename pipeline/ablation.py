@@ -2,12 +2,15 @@
 that differ between them, each group against a reference group, variant by variant.
 
     python -m pipeline.ablation [--experiments NAME ...] [--filter "MLflow filter"]
-                                [--reference NAME] [--out PATH] [--add-runs FILE ...]
+                                [--reference NAME] [--baseline-variant NAME] [--out PATH]
+                                [--add-runs FILE ...]
 
 Per group and variant: the number of seeds, test accuracy (mean ± std), the difference to
 the reference group with a 95% Welch interval, how many runs were still at chance after
 epoch 1 and at the end (with Fisher's exact test against the reference), and the first
-layer's update-to-weight ratio at epoch 1 (geometric mean over seeds).
+layer's update-to-weight ratio at epoch 1 (geometric mean over seeds). Within each group that
+holds several variants, each variant's difference to `--baseline-variant` (what BN does at
+that setting), with a 95% Welch interval.
 
 OUT-update_ratios.png draws each group's update-to-weight ratio per layer (first and last
 epoch). Every run read is also written, with its params, to OUT.runs.json; `--add-runs` reads such
@@ -248,6 +251,32 @@ def _row(
     return row
 
 
+def variant_differences(groups: list[Group], baseline: str) -> list[dict[str, Any]]:
+    """Within each group holding `baseline` and other variants, each other variant's test
+    accuracy minus the baseline's, with a 95% Welch interval (what the variant does there)."""
+    rows = []
+    for group in groups:
+        accuracy: dict[str, list[float]] = {}
+        for run in group.runs:
+            accuracy.setdefault(run.variant, []).append(run.test_accuracy)
+        if baseline not in accuracy:
+            continue
+        for variant in sorted(set(accuracy) - {baseline}):
+            gap = difference(accuracy[variant], accuracy[baseline])
+            rows.append(
+                {
+                    "group": group.name,
+                    "variant": variant,
+                    "baseline": baseline,
+                    "seeds": [len(accuracy[variant]), len(accuracy[baseline])],
+                    "difference": gap.mean,
+                    "ci_low": None if math.isnan(gap.low) else gap.low,
+                    "ci_high": None if math.isnan(gap.high) else gap.high,
+                }
+            )
+    return rows
+
+
 def _stuck(runs: list[RunResult], accuracy: Callable[[RunResult], float]) -> int:
     return sum(at_chance(accuracy(run)) for run in runs)
 
@@ -302,8 +331,13 @@ def update_ratio_figure(groups: list[Group]) -> plt.Figure | None:
     )
 
 
-def markdown(groups: list[Group], rows: list[dict[str, Any]], reference: Group) -> str:
-    """The table, then each group's factors."""
+def markdown(
+    groups: list[Group],
+    rows: list[dict[str, Any]],
+    reference: Group,
+    between_variants: list[dict[str, Any]] | None = None,
+) -> str:
+    """The table, the variants' differences within each group, then each group's factors."""
     lines = [
         f"Reference: {reference.name}. Stuck: validation accuracy ≤ 0.11 (chance is 0.10); "
         "p: Fisher's exact test against the reference; update ratio: ‖ΔW‖/‖W‖ of conv1 in "
@@ -322,6 +356,19 @@ def markdown(groups: list[Group], rows: list[dict[str, Any]], reference: Group) 
             f"| {row['stuck_at_end']}/{row['seeds']}{_p(row, 'stuck_at_end_p')} "
             f"| {row['first_layer_update_ratio']:.2e} |"
         )
+    if between_variants:
+        lines += [
+            "",
+            "Between variants, within each group (Welch 95% CI):",
+            "",
+            "| group | difference | seeds | test acc difference, 95% CI |",
+            "|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {row['group']} | {row['variant']} − {row['baseline']} "
+            f"| {row['seeds'][0]} vs {row['seeds'][1]} | {_difference_cell(row)} |"
+            for row in between_variants
+        ]
     lines += ["", "Groups:", ""]
     lines += [
         f"- {group.name}: "
@@ -332,7 +379,7 @@ def markdown(groups: list[Group], rows: list[dict[str, Any]], reference: Group) 
 
 
 def _difference_cell(row: dict[str, Any]) -> str:
-    if row["reference"]:
+    if row.get("reference"):
         return "reference"
     if "difference" not in row:
         return "no reference runs"
@@ -357,6 +404,11 @@ def main() -> None:
         help="an MLflow filter string, e.g. \"params.`train.epochs` = '10'\"",
     )
     parser.add_argument("--reference", help="the group to compare with (default: the first)")
+    parser.add_argument(
+        "--baseline-variant",
+        default="plain",
+        help="within each group, every other variant is compared with this one (default: plain)",
+    )
     parser.add_argument(
         "--add-runs",
         nargs="+",
@@ -396,7 +448,8 @@ def _run(args: argparse.Namespace) -> None:
     groups = group_runs(runs)
     reference = pick_reference(groups, args.reference)
     rows = summary_rows(groups, reference)
-    table = markdown(groups, rows, reference)
+    between = variant_differences(groups, args.baseline_variant)
+    table = markdown(groups, rows, reference, between)
     write_text(args.out.with_suffix(".md"), table)
     write_json(
         args.out.with_suffix(".json"),
@@ -407,6 +460,7 @@ def _run(args: argparse.Namespace) -> None:
                 for group in groups
             ],
             "rows": rows,
+            "between_variants": between,
         },
     )
     write_json(args.out.with_suffix(".runs.json"), [dataclasses.asdict(run) for run in runs])

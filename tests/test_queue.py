@@ -131,6 +131,19 @@ def test_ablation_groups_the_experiments_and_compares_them(queued: Path) -> None
             [reference_stuck, len(SEEDS) - reference_stuck],
         ]
         assert row["stuck_after_epoch_1_p"] == stats.fisher_exact(table).pvalue
+    # Within each group, bn against plain, as scipy's Welch interval gives it.
+    between = {row["group"]: row for row in summary["between_variants"]}
+    assert set(between) == {"lr-fast", "lr-slow"}
+    for group, row in between.items():
+        bn, plain = (
+            [run.data.metrics["test_accuracy"] for run in truth[(group, variant)]]
+            for variant in ("bn", "plain")
+        )
+        assert (row["variant"], row["baseline"]) == ("bn", "plain")
+        assert row["difference"] == pytest.approx(np.mean(bn) - np.mean(plain))
+        if np.var(bn) + np.var(plain) > 0:
+            welch = stats.ttest_ind(bn, plain, equal_var=False).confidence_interval()
+            assert (row["ci_low"], row["ci_high"]) == (welch.low, welch.high)
     # Every run's per-layer update ratios, as MLflow holds them, kept and drawn.
     for record in json.loads((queued / "ablation/table.runs.json").read_text()):
         history = client.get_metric_history(record["run_id"], "probe/conv1/update_ratio")
