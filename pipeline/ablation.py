@@ -27,7 +27,7 @@ import re
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
@@ -67,8 +67,12 @@ NOT_A_FACTOR = frozenset(
 def comparable_params(params: dict[str, str]) -> dict[str, str]:
     """A run's params as today's code names them, so that runs logged before a rename group
     with the runs after it: `train.speed.mixed_precision` (true: everything in bfloat16)
-    became `precision` and `float32_nonlinearities`, which has no effect in float32."""
+    became `precision` and `float32_nonlinearities`, which has no effect in float32. A local
+    `data.source` is reduced to its file name, so that committed records (which keep no
+    machine's paths) group with the same archive read elsewhere."""
     params = dict(params)
+    if "data.source" in params:  # where a machine keeps the archive is not a setting
+        params["data.source"] = PurePath(params["data.source"]).name or params["data.source"]
     mixed = params.pop("train.speed.mixed_precision", None)
     if mixed is not None:
         bfloat16 = mixed == "True"

@@ -53,3 +53,11 @@ def test_bfloat16_runs_stay_apart_by_what_ran_in_bfloat16() -> None:
     assert sorted(len(group.runs) for group in groups) == [1, 1, 2]
     (pair,) = [group for group in groups if len(group.runs) == 2]
     assert {result.seed for result in pair.runs} == {"1", "2"}
+
+
+def test_the_same_archive_in_other_folders_is_one_setting() -> None:
+    here = run(1, **{"data.source": "../shared/data/cifar10-jpeg.tar.gz"})
+    committed = run(2, **{"data.source": "cifar10-jpeg.tar.gz"})
+    official = run(3, **{"data.source": "official"})
+    groups = group_runs([here, committed, official])
+    assert sorted(len(group.runs) for group in groups) == [1, 2]
