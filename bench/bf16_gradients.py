@@ -9,7 +9,8 @@ first with everything in bfloat16, then with activations and BatchNormalization 
 MLFLOW_TRACKING_URI set to the store) or a `.keras` export from `models/`; `--source` is any
 source `fetch` reads. Prints, per sigmoid layer, the share of outputs that are exactly 1.0
 (whose derivative y(1 - y) is then exactly 0) in each precision, and, per weighted layer, the
-norm of each bfloat16 gradient relative to float32's and their cosine similarity.
+norm of each bfloat16 gradient relative to float32's and their cosine similarity; and the
+test accuracy of the same weights in each precision (what inference in bfloat16 costs).
 Figures only: it measures one trained state, not training in bfloat16.
 """
 
@@ -80,10 +81,22 @@ def main() -> None:
     for layer in export.layers[1:-1]:  # the export's own input normalization
         x = layer(x)
     x = np.asarray(x, np.float32)
-    outputs = {name: sigmoid_outputs(twin(core, speed), x) for name, speed in PRECISIONS.items()}
-    grads = {name: gradients(twin(core, speed), x, y) for name, speed in PRECISIONS.items()}
+    twins = {name: twin(core, speed) for name, speed in PRECISIONS.items()}
+    outputs = {name: sigmoid_outputs(model, x) for name, model in twins.items()}
+    x_test = data.x_test.astype(np.float32)
+    for layer in export.layers[1:-1]:
+        x_test = layer(x_test)
+    accuracy = {
+        name: float(
+            np.mean(np.argmax(model.predict(x_test, batch_size=500, verbose=0), 1) == data.y_test)
+        )
+        for name, model in twins.items()
+    }
+    grads = {name: gradients(model, x, y) for name, model in twins.items()}
     print(f"{args.images} training images; model {args.model}")
     names = list(PRECISIONS)
+    print(f"{'':12}" + "".join(f"{name:>20}" for name in names))
+    print(f"{'test acc':12}" + "".join(f"{accuracy[name]:20.4f}" for name in names))
     print("share of sigmoid outputs exactly 1.0, per precision")
     print(f"{'layer':12}" + "".join(f"{name:>20}" for name in names))
     for layer in outputs["float32"]:
