@@ -56,7 +56,7 @@ def test_bfloat16_runs_stay_apart_by_what_ran_in_bfloat16() -> None:
 
 
 def test_the_same_archive_in_other_folders_is_one_setting() -> None:
-    here = run(1, **{"data.source": "../shared/data/cifar10-jpeg.tar.gz"})
+    here = run(1, **{"data.source": "../datasets/cifar10-jpeg.tar.gz"})
     committed = run(2, **{"data.source": "cifar10-jpeg.tar.gz"})
     official = run(3, **{"data.source": "official"})
     groups = group_runs([here, committed, official])
