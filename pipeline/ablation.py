@@ -330,9 +330,14 @@ def update_ratio_figure(groups: list[Group]) -> plt.Figure | None:
                 profiles[f"{group.name} ({variant})"] = per_seed
     if not profiles:
         return None
-    return layer_profile_figure(
+    figure = layer_profile_figure(
         profiles, "update_ratio", "Update-to-weight ratio per layer", log_scale=True
     )
+    # A grid has more groups than the plot has room for a legend inside it.
+    figure.set_size_inches(10.5, 4.8)
+    figure.axes[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    figure.tight_layout()
+    return figure
 
 
 def markdown(
