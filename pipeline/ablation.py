@@ -83,7 +83,6 @@ def comparable_params(params: dict[str, str]) -> dict[str, str]:
     return params
 
 
-FIRST_LAYER_UPDATE = "probe/conv1/update_ratio"
 UPDATE_RATIO = re.compile(r"probe/(?P<layer>[^/]+)/update_ratio")
 
 
