@@ -54,6 +54,32 @@ SLOW_START_SECONDS = 1.0
 FASTEST = "f"  # the key of the fastest documented option
 
 
+class FusedRMSprop(keras.optimizers.RMSprop):
+    """Keras' RMSprop (no momentum, not centered) as TensorFlow's one fused kernel per weight.
+
+    Keras 3 composes the update from separate ops (square, multiply, add, sqrt, divide,
+    assign); ResourceApplyRMSProp computes ms = rho·ms + (1 − rho)·g², mom = lr·g / sqrt(ms +
+    eps), var −= mom in one pass, the same update. Here only to measure what fusing gains.
+    """
+
+    def build(self, var_list: list[Any]) -> None:
+        super().build(var_list)
+        self._steps_taken = [self.add_variable_from_reference(v, "step_taken") for v in var_list]
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=variable.handle,
+            ms=self._velocities[index].handle,
+            mom=self._steps_taken[index].handle,
+            lr=tf.cast(learning_rate, variable.dtype),
+            rho=tf.cast(self.rho, variable.dtype),
+            momentum=tf.constant(0.0, variable.dtype),
+            epsilon=tf.cast(self.epsilon, variable.dtype),
+            grad=tf.cast(gradient, variable.dtype),
+        )
+
+
 class FirstStepTimer(keras.callbacks.Callback):
     """Seconds from the start of each epoch to the end of its first training step."""
 
@@ -114,11 +140,12 @@ def pipeline_setup(
     y: np.ndarray,
     settings: TrainParams,
     callbacks: list[Any] | None = None,
+    optimizer: keras.optimizers.Optimizer | None = None,
 ) -> Setup:
     """The pipeline's tf.data input (augmentation on the graph) and training step."""
     data = TrainingData(x, y, x[:256], y[:256])
     train, _, _ = make_datasets(data, settings, seed=0)
-    model = compiled_model(settings)
+    model = compiled_model(settings, optimizer)
 
     def epoch(timers: list[Any]) -> None:
         model.fit(train, epochs=1, verbose=0, callbacks=[*(callbacks or []), *timers])
@@ -204,6 +231,10 @@ def configurations(
             for wanted, key, name, settings, callbacks in options
             if wanted
         ]
+        fused = FusedRMSprop(learning_rate=defaults.learning_rate)
+        setups.append(
+            pipeline_setup(variant, "o", "fused RMSprop step", x, y, defaults, optimizer=fused)
+        )
     return setups
 
 

@@ -183,10 +183,12 @@ def without_autotune(dataset: Any) -> Any:
     return dataset.with_options(options)
 
 
-def compiled_model(settings: TrainParams) -> keras.Model:
-    """The variant's model, compiled with its optimizer and speed options."""
+def compiled_model(
+    settings: TrainParams, optimizer: keras.optimizers.Optimizer | None = None
+) -> keras.Model:
+    """The variant's model, compiled with its optimizer (or `optimizer`) and speed options."""
     model = build_model(settings, speed=settings.speed)
-    optimizer = make_optimizer(settings)
+    optimizer = optimizer or make_optimizer(settings)
     if settings.speed.precision == "mixed_float16":
         # float16 gradients underflow below ~6e-8 (this network's first layers' are 1e-7 and
         # less): Keras' dynamic loss scaling keeps them representable. Keras wraps the
