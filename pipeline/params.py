@@ -212,6 +212,7 @@ class TuneParams(Section):
         default=None, description="training images per trial (None: the whole split)"
     )
     sampler_seed: int = 0
+    try_default_first: bool = True
     pruner: PrunerParams = PrunerParams()
     storage: str | None = Field(
         default=None,

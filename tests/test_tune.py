@@ -69,11 +69,14 @@ def tiny_values(**tune: Any) -> dict[str, Any]:
         # with its moving statistics barely updated, stays at chance there): studies rank rates.
         "variants": {VARIANT: {"batch_norm": False, "activation": "relu", "optimizer": "adam"}},
         # No pruner unless a test sets one: three trials then complete, whatever their rates.
+        # Nor a first trial at train.learning_rate unless a test asks: trials are the ones
+        # a test enqueues or the sampler draws.
         "tune": {
             "n_trials": 3,
             "subset": 32,
             "lr_low": 1e-4,
             "lr_high": 1e-1,
+            "try_default_first": False,
             "pruner": {"kind": "none"},
             **tune,
         },
@@ -233,6 +236,15 @@ def test_study_name_follows_the_search_configuration() -> None:
     values = tiny_values()
     values["variants"]["bn"] = {"batch_norm": True}
     assert name(Params.model_validate(values), "bn").startswith("bn-lr-")
+    # A first trial at the untuned rate is another study, and so is another untuned rate;
+    # one outside the search range is not tried, which leaves the study as it was.
+    first = name(tiny_params(try_default_first=True))
+    assert first != base
+    values = tiny_values(try_default_first=True)
+    values["train"].update(learning_rate=0.01)
+    assert name(Params.model_validate(values)) not in (base, first)
+    values["train"].update(learning_rate=0.5)
+    assert name(Params.model_validate(values)) == base
 
 
 def test_storage_is_anchored_at_the_project_root_and_shown_without_password(
@@ -538,6 +550,33 @@ def test_successive_halving_stops_losers_early_and_counts_the_epochs(stores: Pat
     assert [list(trial.intermediate_values) for trial in hopeless] == [[1], [1]]
     assert (summary.epochs_trained, summary.epochs_unpruned) == (3 + 1 + 1, 3 * 3)
     assert summary.trial_seconds > 0
+
+
+def test_the_first_trial_trains_the_untuned_rate_in_full(stores: Path) -> None:
+    """With try_default_first, the study starts at train.learning_rate and, being the first
+    trial at every rung, trains it in full even when it is the worst: the tuned rate is then
+    never below the untuned one on the tuning seed. A rerun does not try it again."""
+    values = tiny_values(
+        lr_low=1e-9,
+        try_default_first=True,
+        pruner={"kind": "successive_halving", "reduction_factor": 2},
+    )
+    values["train"].update(epochs=3, learning_rate=1e-9)  # stays at chance
+    params, data, storage = Params.model_validate(values), tiny_data(), storage_url(None)
+    study = load_or_create(storage, params, data)
+    for rate in (1e-3, 1e-8):  # one that learns, one that stays at chance
+        study.enqueue_trial({"learning_rate": rate})
+    summary = run_study(params, VARIANT, data, 3, storage, FAST)
+    untuned, learns, hopeless = study.trials
+    assert untuned.params["learning_rate"] == pytest.approx(1e-9)
+    assert untuned.state == TrialState.COMPLETE
+    assert sorted(untuned.intermediate_values) == [1, 2, 3]
+    assert learns.state == TrialState.COMPLETE
+    assert hopeless.state == TrialState.PRUNED
+    assert summary.best_learning_rate == pytest.approx(1e-3)
+    run_study(params, VARIANT, data, 4, storage, FAST)
+    rates = [trial.params["learning_rate"] for trial in study.trials]
+    assert len(rates) == 4 and rates.count(rates[0]) == 1
 
 
 def test_pruning_ranks_trials_whose_accuracy_ties_at_chance() -> None:

@@ -57,6 +57,7 @@ class StudySpec:
                 "lr_high": self.tune.lr_high,
                 "subset": self.tune.subset,
                 "sampler_seed": self.tune.sampler_seed,
+                "first_rate": self.first_rate,
                 "pruner": pruner_settings(self.tune),
                 "objective": f"{OBJECTIVE} after epoch {self.settings.epochs}",
                 "pruned_on": f"{PRUNING_VALUE} after each epoch",
@@ -64,6 +65,13 @@ class StudySpec:
             },
             "data_digest": self.data_digest,
         }
+
+    @property
+    def first_rate(self) -> float | None:
+        """The rate the first trial trains at: the untuned one, when asked and in range."""
+        rate = self.settings.learning_rate
+        wanted = self.tune.try_default_first and self.tune.lr_low <= rate <= self.tune.lr_high
+        return rate if wanted else None
 
     @property
     def name(self) -> str:
@@ -145,6 +153,14 @@ def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.
     )
     if "configuration" not in study.user_attrs:
         study.set_user_attr("configuration", spec.configuration())
+    if spec.first_rate is not None:
+        # The untuned rate as the first trial (Optuna's enqueue_trial; a resumed study or a
+        # second worker finds it there and adds none). The pruners let the first trial to
+        # reach a rung go on, so it trains in full and the study's best is never below it.
+        # Without it, the plain network's study picks a rate that loses to the untuned one:
+        # after one epoch every rate from 1e-4 up still sits at chance, and the pruner keeps
+        # the small rates that climb slowly (docs/results.md, "With tuned learning rates").
+        study.enqueue_trial({PARAM: spec.first_rate}, skip_if_exists=True)
     if study.metric_names is None:
         with warnings.catch_warnings():  # metric names are an experimental Optuna API
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
