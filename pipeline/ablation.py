@@ -145,6 +145,16 @@ def read_runs(path: Path) -> list[RunResult]:
     ]
 
 
+def with_added_runs(runs: list[RunResult], paths: Iterable[Path]) -> list[RunResult]:
+    """`runs`, then those of earlier summaries' OUT.runs.json files, each run once: a later
+    part's file holds the runs of the parts it added, too."""
+    merged = {run.run_id: run for run in runs}
+    for path in paths:
+        for run in read_runs(path):
+            merged.setdefault(run.run_id, run)
+    return list(merged.values())
+
+
 def read_run(client: MlflowClient, run: Run) -> RunResult:
     """The metrics the table needs, from the run and its per-epoch histories."""
     history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=_step)
@@ -444,10 +454,10 @@ def _run(args: argparse.Namespace) -> None:
             f"the MLflow store {tracking.tracking_uri()} has no experiment "
             f"{params.mlflow.experiment!r}: run `dvc repro` or `dvc exp run` first"
         )
-    runs = training_runs(client, experiment.experiment_id, args.filter, args.experiments)
-    known = {run.run_id for run in runs}
-    for path in args.add_runs:
-        runs += [run for run in read_runs(path) if run.run_id not in known]
+    runs = with_added_runs(
+        training_runs(client, experiment.experiment_id, args.filter, args.experiments),
+        args.add_runs,
+    )
     if not runs:
         raise PipelineError(
             "no finished training run matches; check --experiments (names as in "

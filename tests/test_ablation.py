@@ -3,7 +3,11 @@ the whole workflow through real queued DVC experiments)."""
 
 from __future__ import annotations
 
-from pipeline.ablation import RunResult, comparable_params, group_runs
+import dataclasses
+from pathlib import Path
+
+from pipeline.ablation import RunResult, comparable_params, group_runs, with_added_runs
+from pipeline.files import write_json
 
 
 def run(seed: int, **params: str) -> RunResult:
@@ -61,3 +65,14 @@ def test_the_same_archive_in_other_folders_is_one_setting() -> None:
     official = run(3, **{"data.source": "official"})
     groups = group_runs([here, committed, official])
     assert sorted(len(group.runs) for group in groups) == [1, 2]
+
+
+def test_runs_added_from_several_parts_count_once(tmp_path: Path) -> None:
+    """Part 2's file holds part 1's runs too: adding both, or a run still in MLflow, must not
+    count a run twice."""
+    first, second, third = run(1), run(2), run(3)
+    part1, part2 = tmp_path / "part1.runs.json", tmp_path / "part2.runs.json"
+    write_json(part1, [dataclasses.asdict(first)])
+    write_json(part2, [dataclasses.asdict(first), dataclasses.asdict(second)])
+    merged = with_added_runs([third, second], [part1, part2])
+    assert sorted(result.seed for result in merged) == ["1", "2", "3"]
