@@ -158,7 +158,7 @@ def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.
         # second worker finds it there and adds none). The pruners let the first trial to
         # reach a rung go on, so it trains in full and the study's best is never below it.
         # Without it, the plain network's study picks a rate that loses to the untuned one:
-        # after one epoch every rate from 1e-4 up still sits at chance, and the pruner keeps
+        # after one epoch every rate from 2e-4 up still sits at chance, and the pruner keeps
         # the small rates that climb slowly (docs/results.md, "With tuned learning rates").
         study.enqueue_trial({PARAM: spec.first_rate}, skip_if_exists=True)
     if study.metric_names is None:
