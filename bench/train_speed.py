@@ -64,14 +64,15 @@ class FusedRMSprop(keras.optimizers.RMSprop):
 
     def build(self, var_list: list[Any]) -> None:
         super().build(var_list)
-        self._steps_taken = [self.add_variable_from_reference(v, "step_taken") for v in var_list]
+        # The kernel's momentum slot: with momentum 0 it holds the last step, lr·g / sqrt(ms + eps).
+        self._last_steps = [self.add_variable_from_reference(v, "last_step") for v in var_list]
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         index = self._get_variable_index(variable)
         tf.raw_ops.ResourceApplyRMSProp(
             var=variable.handle,
             ms=self._velocities[index].handle,
-            mom=self._steps_taken[index].handle,
+            mom=self._last_steps[index].handle,
             lr=tf.cast(learning_rate, variable.dtype),
             rho=tf.cast(self.rho, variable.dtype),
             momentum=tf.constant(0.0, variable.dtype),

@@ -1,9 +1,10 @@
 """Every trial of a study as CSV: its rate, state, value, epochs and per-epoch pruning values.
 
-    python docs/tuning/trials.py <journal file or SQLAlchemy URL> <study name> > trials.csv
+    python docs/tuning/trials.py <journal file or tune.storage value> <study name> > trials.csv
 
-`optuna trials` prints the values but not the intermediate ones, which show where the pruner
-stopped each trial; this adds them (`epoch_<k>`: exp(-val_loss) after epoch k).
+The storage is read as `tune.storage` is (a bare file is a journal). `optuna trials` prints
+the values but not the intermediate ones, which show where the pruner stopped each trial;
+this adds them (`epoch_<k>`: exp(-val_loss) after epoch k).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import csv
 import sys
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+
+from pipeline.tuning.storage import JOURNAL_PREFIX, open_storage, storage_url
 
 
 def main() -> None:
     location, name = sys.argv[1:3]
-    storage = location if "://" in location else JournalStorage(JournalFileBackend(location))
+    if not location.startswith(JOURNAL_PREFIX) and "://" not in location:
+        location = JOURNAL_PREFIX + location
+    storage = open_storage(storage_url(location))
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     epochs = max((step for trial in trials for step in trial.intermediate_values), default=0)
     writer = csv.writer(sys.stdout)
