@@ -13,8 +13,10 @@ holds several variants, each variant's difference to `--baseline-variant` (what 
 that setting), with a 95% Welch interval.
 
 OUT-update_ratios.png draws each group's update-to-weight ratio per layer (first and last
-epoch). Every run read is also written, with its params, to OUT.runs.json; `--add-runs` reads such
-files back, so that a grid run in parts, on machines whose stores are gone, is summarized whole.
+epoch). Every run read is also written, with its params and its per-layer probes (update
+ratio, gradient norm, saturated fraction, mean activation derivative, per epoch), to
+OUT.runs.json; `--add-runs` reads such files back, so that a grid run in parts, on machines
+whose stores are gone, is summarized whole.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def comparable_params(params: dict[str, str]) -> dict[str, str]:
 
 
 UPDATE_RATIO = re.compile(r"probe/(?P<layer>[^/]+)/update_ratio")
+# The within-run statistics kept beside the update ratios, so that a mechanism read off them
+# rests on committed records; the pre-activation mean, std and histograms stay in MLflow.
+PROBE = re.compile(
+    r"probe/(?P<layer>[^/]+)/(?P<statistic>grad_norm|saturated_fraction|mean_derivative)"
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class RunResult:
     # probe/<layer>/update_ratio per epoch ({layer: {epoch: ratio}}); empty in records
     # written before it was kept
     update_ratios: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the other probes of PROBE ({statistic: {layer: {epoch: value}}}); likewise
+    probes: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,13 +168,14 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
     """The metrics the table needs, from the run and its per-epoch histories."""
     history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=_step)
     update_ratios = {
-        match["layer"]: {
-            str(metric.step): metric.value
-            for metric in client.get_metric_history(run.info.run_id, key)
-        }
+        match["layer"]: _per_epoch(client, run, key)
         for key in run.data.metrics
         if (match := UPDATE_RATIO.fullmatch(key))
     }
+    probes: dict[str, dict[str, dict[str, float]]] = {}
+    for key in run.data.metrics:
+        if match := PROBE.fullmatch(key):
+            probes.setdefault(match["statistic"], {})[match["layer"]] = _per_epoch(client, run, key)
     first_update = update_ratios.get("conv1", {}).get("1")
     return RunResult(
         run_id=run.info.run_id,
@@ -178,7 +188,14 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
         val_accuracy_last=history[-1].value if history else math.nan,
         first_layer_update=first_update if first_update is not None else math.nan,
         update_ratios=update_ratios,
+        probes=probes,
     )
+
+
+def _per_epoch(client: MlflowClient, run: Run, key: str) -> dict[str, float]:
+    return {
+        str(metric.step): metric.value for metric in client.get_metric_history(run.info.run_id, key)
+    }
 
 
 def _step(metric: Any) -> int:

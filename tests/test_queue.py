@@ -149,6 +149,12 @@ def test_ablation_groups_the_experiments_and_compares_them(queued: Path) -> None
         history = client.get_metric_history(record["run_id"], "probe/conv1/update_ratio")
         assert record["update_ratios"]["conv1"] == {str(m.step): m.value for m in history}
         assert set(record["update_ratios"]) >= {"conv1", "conv4", "dense", "classifier"}
+        history = client.get_metric_history(record["run_id"], "probe/dense/saturated_fraction")
+        assert record["probes"]["saturated_fraction"]["dense"] == {
+            str(m.step): m.value for m in history
+        }
+        assert set(record["probes"]) == {"grad_norm", "saturated_fraction", "mean_derivative"}
+        assert set(record["probes"]["grad_norm"]) >= {"conv1", "conv4", "dense", "classifier"}
     figure = queued / "ablation/table-update_ratios.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
