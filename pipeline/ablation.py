@@ -85,11 +85,11 @@ def comparable_params(params: dict[str, str]) -> dict[str, str]:
     return params
 
 
-UPDATE_RATIO = re.compile(r"probe/(?P<layer>[^/]+)/update_ratio")
-# The within-run statistics kept beside the update ratios, so that a mechanism read off them
-# rests on committed records; the pre-activation mean, std and histograms stay in MLflow.
+# The per-layer probes each run's record keeps, so that a mechanism read off them rests on
+# committed records; the pre-activation mean, std and histograms stay in MLflow.
 PROBE = re.compile(
-    r"probe/(?P<layer>[^/]+)/(?P<statistic>grad_norm|saturated_fraction|mean_derivative)"
+    r"probe/(?P<layer>[^/]+)/"
+    r"(?P<statistic>update_ratio|grad_norm|saturated_fraction|mean_derivative)"
 )
 
 
@@ -109,7 +109,7 @@ class RunResult:
     # probe/<layer>/update_ratio per epoch ({layer: {epoch: ratio}}); empty in records
     # written before it was kept
     update_ratios: dict[str, dict[str, float]] = field(default_factory=dict)
-    # the other probes of PROBE ({statistic: {layer: {epoch: value}}}); likewise
+    # PROBE's other statistics ({statistic: {layer: {epoch: value}}}); likewise
     probes: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
@@ -167,15 +167,12 @@ def with_added_runs(runs: list[RunResult], paths: Iterable[Path]) -> list[RunRes
 def read_run(client: MlflowClient, run: Run) -> RunResult:
     """The metrics the table needs, from the run and its per-epoch histories."""
     history = sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=_step)
-    update_ratios = {
-        match["layer"]: _per_epoch(client, run, key)
-        for key in run.data.metrics
-        if (match := UPDATE_RATIO.fullmatch(key))
-    }
     probes: dict[str, dict[str, dict[str, float]]] = {}
     for key in run.data.metrics:
         if match := PROBE.fullmatch(key):
             probes.setdefault(match["statistic"], {})[match["layer"]] = _per_epoch(client, run, key)
+    # Kept in a field of their own, as records written before the other probes have them.
+    update_ratios = probes.pop("update_ratio", {})
     first_update = update_ratios.get("conv1", {}).get("1")
     return RunResult(
         run_id=run.info.run_id,
