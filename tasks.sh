@@ -2,10 +2,12 @@
 # Set up the project and run its common tasks. Every task first makes .venv match uv.lock.
 #
 #   ./tasks.sh pipeline [dvc repro args]   set up, then run the pipeline (dvc repro)
-#   ./tasks.sh test [pytest args]          set up, then run the test suite (without `slow`)
+#   ./tasks.sh test [pytest args]          set up, lint (ruff, mypy, dvc.yaml's code deps), then
+#                                          run the test suite (without `slow`)
 #   ./tasks.sh exps [dvc exp show args]    experiments at a glance: changed params, headline metrics
 #   ./tasks.sh setup                       only set up
-#   ./tasks.sh lint                        ruff check + format check + mypy
+#   ./tasks.sh lint                        ruff check + format check + mypy + code deps check
+#   ./tasks.sh deps                        write each stage's code deps into dvc.yaml
 #
 # On Linux x86_64, set-up installs TensorFlow's GPU build (tensorflow[and-cuda], CUDA from the
 # wheels) where `nvidia-smi` finds a GPU, else its CPU build; --gpu or --cpu before the task
@@ -55,6 +57,10 @@ setup() {
   export PATH="$PWD/.venv/bin:$PATH"   # DVC stages call `python -m pipeline.<stage>`
 }
 
+lint() {
+  ruff check . && ruff format --check . && mypy pipeline bench tests tools && python -m tools.stage_deps
+}
+
 BUILD=""
 case "${1:-}" in
   --gpu | --cpu) BUILD="${1#--}" && shift ;;
@@ -64,7 +70,7 @@ shift || true
 case "$task" in
   setup) setup ;;
   pipeline) setup && dvc repro "$@" ;;
-  test) setup && python -m pytest -n 2 --dist loadfile "$@" ;;  # one file per worker: module fixtures stay shared
+  test) setup && lint && python -m pytest -n 2 --dist loadfile "$@" ;;  # one file per worker: module fixtures stay shared
   # `dvc exp show` has a column per metric of every run (60+ with three seeds) and no setting
   # to hide them: this keeps the params that differ between experiments and the headline
   # (comparison/headline.json). DVC names a metric column by its key alone where the key is
@@ -74,9 +80,10 @@ case "$task" in
     setup && dvc exp show --only-changed --precision 4 \
       --drop '^(results|models|data|pipeline)(/|$)|^(runs|variants|differences)\.' "$@"
     ;;
-  lint) setup && ruff check . && ruff format --check . && mypy pipeline bench tests ;;
+  lint) setup && lint ;;
+  deps) setup && python -m tools.stage_deps --write ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from pipeline.errors import PipelineError
+from pipeline.params import Params, load_params
 
 log = logging.getLogger("pipeline")
 
@@ -37,8 +38,9 @@ def stage_parser(
     return parser
 
 
-def run_stage(body: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
-    """Run a stage body; a user error prints one line and exits 1, without a traceback."""
+def run_stage(args: argparse.Namespace, body: Callable[[Params], object]) -> None:
+    """Load `args.params` and call `body` with them; a user error (bad params included)
+    prints one line and exits 1, without a traceback (`--debug` shows it)."""
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -48,7 +50,7 @@ def run_stage(body: Callable[[argparse.Namespace], None], args: argparse.Namespa
     # Ctrl-C, so that every stage cleans up (temporary files, MLflow runs marked KILLED).
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        body(args)
+        body(load_params(args.params))
     except PipelineError as error:
         if args.debug:
             raise

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-from typing import Any
+from collections.abc import Sequence
 
 import keras
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
-from pipeline import tracking
+from pipeline import names, tracking
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.figures import confusion_figure, save
-from pipeline.files import atomic_path, read_json, read_npz, write_json
-from pipeline.layout import VariantFiles, run_name, variant_files
-from pipeline.params import load_params
+from pipeline.files import atomic_path, read_npz
+from pipeline.layout import Stores, VariantFiles, run_name, variant_files
+from pipeline.params import Params
+from pipeline.png import save
+from pipeline.records import read_record, write_record
+from pipeline.records.runs import RunLink, TestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ PREDICT_BATCH_SIZE = 500
 
 def evaluate_predictions(
     probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[TestMetrics, np.ndarray]:
     """Test loss, accuracy and per-class accuracy; and the confusion matrix (actual × predicted)."""
     labels = labels.astype(np.int64)
     clipped = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
@@ -34,13 +36,13 @@ def evaluate_predictions(
     matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
-    metrics = {
-        "test_loss": float(-np.log(clipped).mean()),
-        "test_accuracy": float((predicted == labels).mean()),
-        "per_class_accuracy": {
+    metrics = TestMetrics(
+        test_loss=float(-np.log(clipped).mean()),
+        test_accuracy=float((predicted == labels).mean()),
+        per_class_accuracy={
             name: float(value) for name, value in zip(class_names, per_class, strict=True)
         },
-    }
+    )
     return metrics, matrix
 
 
@@ -57,18 +59,36 @@ def write_confusion_rows(
         )
 
 
-def main() -> None:
-    """Entry point of `python -m pipeline.evaluate <variant>`."""
-    run_stage(_run, stage_parser(__doc__, variant=True, seed=True).parse_args())
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
+    """A confusion matrix with class names and counts."""
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set(xlabel="predicted", ylabel="actual", title=title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
+    figure.colorbar(image, ax=axes)
+    return figure
 
 
-def _run(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    params.variant(args.variant)  # fails clearly on an unknown variant
-    seed = params.seeds[0] if args.seed is None else args.seed
-    name = run_name(args.variant, seed)
-    files = variant_files(params.paths, args.variant, seed)
-    run = read_json(files.run)
+def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
+    """Evaluate the exported model of `variant` and `seed` on the raw test images; write its
+    metrics and confusion matrix and add them to its MLflow run."""
+    params.variant(variant)  # fails clearly on an unknown variant
+    name = run_name(variant, seed)
+    files = variant_files(params.paths, variant, seed)
+    link = read_record(files.run, RunLink)
     raw = read_npz(params.paths.raw_dataset, ("x_test", "y_test", "class_names"))
     class_names = [str(name) for name in raw["class_names"]]
     if not files.model.is_file():
@@ -77,31 +97,46 @@ def _run(args: argparse.Namespace) -> None:
     # The exported model takes raw uint8 images: this checks the served path end to end.
     probabilities = model.predict(raw["x_test"], batch_size=PREDICT_BATCH_SIZE, verbose=0)
     metrics, matrix = evaluate_predictions(probabilities, raw["y_test"], class_names)
-    write_json(files.test_metrics, metrics)
+    write_record(files.test_metrics, metrics)
     write_confusion_rows(files, raw["y_test"], probabilities.argmax(axis=1), class_names)
     save(
         confusion_figure(matrix, class_names, f"{name}: test confusion matrix"),
         files.confusion_png,
     )
-    tracking.connect(params.mlflow.experiment)
-    with mlflow.start_run(run_id=run["run_id"]), tracking.killed_on_interrupt():
+    tracking.connect(params.mlflow.experiment, stores.tracking_uri)
+    with mlflow.start_run(run_id=link.run_id), tracking.killed_on_interrupt():
         # The raw images: the exported model normalizes them itself.
         tracking.log_dataset(
             raw["x_test"], raw["y_test"], "test", str(params.paths.raw_dataset), "evaluation"
         )
         mlflow.log_metrics(
             {
-                "test_loss": metrics["test_loss"],
-                "test_accuracy": metrics["test_accuracy"],
+                names.TEST_LOSS: metrics.test_loss,
+                names.TEST_ACCURACY: metrics.test_accuracy,
                 **{
-                    f"test_class_accuracy/{name}": value
-                    for name, value in metrics["per_class_accuracy"].items()
+                    names.class_accuracy_metric(name): value
+                    for name, value in metrics.per_class_accuracy.items()
                 },
             }
         )
         mlflow.log_artifact(str(files.test_metrics))
         mlflow.log_artifact(str(files.confusion_png))
-    log.info("%s: test accuracy %.4f", name, metrics["test_accuracy"])
+    log.info("%s: test accuracy %.4f", name, metrics.test_accuracy)
+    return metrics
+
+
+def main() -> None:
+    """Entry point of `python -m pipeline.evaluate <variant> [--seed N]`."""
+    args = stage_parser(__doc__, variant=True, seed=True).parse_args()
+    run_stage(
+        args,
+        lambda params: run(
+            params,
+            args.variant,
+            params.seeds[0] if args.seed is None else args.seed,
+            Stores.from_environment(),
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ from pipeline import cli
 from pipeline.datasets import DecodedDataset, container_kind, read_source
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_npz_and_json
-from pipeline.layout import project_root
-from pipeline.params import DataParams, load_params
+from pipeline.layout import Stores, project_root
+from pipeline.params import DataParams, Params
+from pipeline.records.data import Provenance
 from pipeline.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ OFFLINE_HINT = (
 
 def fetch_dataset(
     data: DataParams, seed: int, cache_dir: Path
-) -> tuple[DecodedDataset, dict[str, Any]]:
+) -> tuple[DecodedDataset, Provenance]:
     """Resolve, read and optionally subset the source; return it with its provenance."""
     location, url, md5 = resolve_source(data, Path(cache_dir))
     started = time.perf_counter()
@@ -54,24 +55,24 @@ def fetch_dataset(
         time.perf_counter() - started,
     )
     dataset = subset_dataset(full, data.subset, seed) if data.subset else full
-    provenance = {
-        "source": data.source,
-        "location": str(location.resolve()),
-        "url": url,
-        "md5_verified": md5,
-        "format": dataset.source_format,
-        "container": container_kind(location),
-        "sha256": sha256_of(location),
-        "sha256_of": "file" if location.is_file() else "folder: sorted relative paths + bytes",
-        "class_names": list(dataset.class_names),
-        "counts": {
+    provenance = Provenance(
+        source=data.source,
+        location=str(location.resolve()),
+        url=url,
+        md5_verified=md5,
+        format=dataset.source_format,
+        container=container_kind(location),
+        sha256=sha256_of(location),
+        sha256_of="file" if location.is_file() else "folder: sorted relative paths + bytes",
+        class_names=list(dataset.class_names),
+        counts={
             "train": class_counts(dataset.y_train, dataset.class_names),
             "test": class_counts(dataset.y_test, dataset.class_names),
         },
-        "total": {"train": len(dataset.y_train), "test": len(dataset.y_test)},
-        "source_total": {"train": len(full.y_train), "test": len(full.y_test)},
-        "subset": data.subset,
-    }
+        total={"train": len(dataset.y_train), "test": len(dataset.y_test)},
+        source_total={"train": len(full.y_train), "test": len(full.y_test)},
+        subset=data.subset,
+    )
     return dataset, provenance
 
 
@@ -216,12 +217,11 @@ def subset_dataset(dataset: DecodedDataset, limit: int, seed: int) -> DecodedDat
     )
 
 
-def run(args: argparse.Namespace) -> None:
+def run(params: Params, stores: Stores) -> Provenance:
     """Fetch, decode and write the raw dataset and its provenance."""
-    params = load_params(args.params)
     started = time.perf_counter()
     dataset, provenance = fetch_dataset(
-        params.data, params.seed, project_root() / params.paths.download_cache
+        params.data, params.seed, stores.root / params.paths.download_cache
     )
     # Both outputs are written only now, so a failed fetch leaves earlier ones untouched.
     arrays = {
@@ -231,7 +231,12 @@ def run(args: argparse.Namespace) -> None:
         "y_test": dataset.y_test,
         "class_names": np.array(dataset.class_names, dtype=str),
     }
-    write_npz_and_json(params.paths.raw_dataset, arrays, params.paths.provenance, provenance)
+    write_npz_and_json(
+        params.paths.raw_dataset,
+        arrays,
+        params.paths.provenance,
+        provenance.model_dump(mode="json", exclude_none=True),
+    )
     log.info(
         "wrote %s (%d train, %d test images) and %s in %.1f s",
         params.paths.raw_dataset,
@@ -240,13 +245,14 @@ def run(args: argparse.Namespace) -> None:
         params.paths.provenance,
         time.perf_counter() - started,
     )
+    return provenance
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: `python -m pipeline.fetch [--params params.yaml] [--debug]`."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.fetch", description=__doc__)
     cli.add_common_arguments(parser)
-    cli.run_stage(run, parser.parse_args(argv))
+    cli.run_stage(parser.parse_args(argv), lambda params: run(params, Stores.from_environment()))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pipeline.params import PathsParams
 
+MLFLOW_DB = "mlflow.db"  # the default MLflow store, at the project root
+
 # The arrays of the fetched (raw) and the normalized (prepared) dataset files.
 RAW_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 PREPARED_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "class_names")
@@ -29,6 +31,7 @@ class VariantFiles:
     learning_curves: Path
     probes: Path
     preactivations: Path
+    landscape: Path
     test_metrics: Path
     confusion: Path
     confusion_png: Path
@@ -56,10 +59,27 @@ def variant_files(paths: PathsParams, variant: str, seed: int) -> VariantFiles:
         learning_curves=folder / "learning_curves.png",
         probes=folder / "probes.csv",
         preactivations=folder / "preactivations.json",
+        landscape=folder / "landscape.csv",
         test_metrics=folder / "test_metrics.json",
         confusion=folder / "confusion.csv",
         confusion_png=folder / "confusion.png",
     )
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What a stage records to outside its outputs: the project root (checkpoints, GPU
+    claims, the default stores) and the MLflow tracking URI. `main()` builds it from the
+    environment (pipeline.tracking.environment_stores); tests pass their own."""
+
+    root: Path
+    tracking_uri: str
+
+    @classmethod
+    def from_environment(cls) -> Stores:
+        """DVC_ROOT (or the cwd), and MLFLOW_TRACKING_URI or the SQLite store at that root."""
+        root = project_root()
+        return cls(root, os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / MLFLOW_DB}")
 
 
 def project_root() -> Path:

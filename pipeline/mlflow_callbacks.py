@@ -9,14 +9,14 @@ from typing import Any
 import keras
 from mlflow.entities import Metric
 
-from pipeline import tracking
+from pipeline import names
 from pipeline.history import HISTORY_FIELDS
 from pipeline.probes import Sample
 
 
 class MlflowEpochMetrics(keras.callbacks.Callback):
     """Logs each epoch's metrics to an MLflow run with step = epoch (1-based), under the
-    names of `tracking.metric_name` (timings in MLflow's `speed` section)."""
+    names of `names.metric_name` (timings in MLflow's `speed` section)."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         super().__init__()
@@ -26,7 +26,7 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(tracking.metric_name(key), float(value), timestamp, epoch + 1)
+            Metric(names.metric_name(key), float(value), timestamp, epoch + 1)
             for key, value in (logs or {}).items()
             if key in HISTORY_FIELDS and math.isfinite(float(value))
         ]
@@ -34,7 +34,7 @@ class MlflowEpochMetrics(keras.callbacks.Callback):
 
 
 class MlflowProbeMetrics:
-    """Logs each probe sample as `probe/<layer>/<statistic>` metrics with step = epoch
+    """Logs each probe sample as `names.probe_metric` metrics with step = epoch
     (MLflow's chart view groups them in a section of their own)."""
 
     def __init__(self, client: Any, run_id: str) -> None:
@@ -44,9 +44,27 @@ class MlflowProbeMetrics:
     def __call__(self, epoch: int, sample: Sample) -> None:
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(f"probe/{row['layer']}/{key}", float(value), timestamp, epoch)
+            Metric(names.probe_metric(row["layer"], key), float(value), timestamp, epoch)
             for row in sample.rows
             for key, value in row.items()
-            if key not in ("epoch", "depth", "layer") and math.isfinite(float(value))
+            if key in names.PROBE_STATISTICS and math.isfinite(float(value))
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+class MlflowLandscapeMetrics:
+    """Logs each landscape measure as `names.landscape_metric` metrics, step = training step."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def __call__(self, row: dict[str, float]) -> None:
+        timestamp = int(time.time() * 1000)
+        step = int(row["step"])
+        metrics = [
+            Metric(names.landscape_metric(key), float(row[key]), timestamp, step)
+            for key in names.LANDSCAPE_STATISTICS
+            if math.isfinite(float(row[key]))
         ]
         self.client.log_batch(self.run_id, metrics=metrics)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from pipeline.chance import NUM_CLASSES
 from pipeline.params import ModelSettings, SpeedParams
+from pipeline.records.data import NormalizationStats
 
 IMAGE_SHAPE = (32, 32, 3)
 
@@ -108,21 +109,18 @@ def _activation_block(
     return norm(activation(x))
 
 
-def input_normalization_layer(stats: dict[str, Any]) -> keras.layers.Layer:
+def input_normalization_layer(stats: NormalizationStats) -> keras.layers.Layer:
     """The normalize stage's transform as a built-in Keras layer on raw 0-255 pixels."""
-    method = stats["method"]
-    if method == "standardize":
+    if stats.method == "standardize":
         return keras.layers.Normalization(
             axis=-1,
-            mean=np.asarray(stats["mean"]),
-            variance=np.square(np.asarray(stats["std"])),
+            mean=np.asarray(stats.mean),
+            variance=np.square(np.asarray(stats.std)),
             name="normalize",
         )
-    if method == "scale":
-        return keras.layers.Rescaling(stats["scale"], name="normalize")
-    if method == "article":
-        return keras.layers.UnitNormalization(axis=stats["axis"], name="normalize")
-    raise ValueError(f"unknown normalization method {method!r}")
+    if stats.method == "scale":
+        return keras.layers.Rescaling(stats.scale, name="normalize")
+    return keras.layers.UnitNormalization(axis=stats.axis, name="normalize")
 
 
 def with_stock_layers(model: keras.Model) -> keras.Model:
@@ -142,7 +140,7 @@ def with_stock_layers(model: keras.Model) -> keras.Model:
     return copy
 
 
-def export_model(core: keras.Model, stats: dict[str, Any]) -> keras.Model:
+def export_model(core: keras.Model, stats: NormalizationStats) -> keras.Model:
     """Wrap a trained model so that it takes raw uint8 (0-255) images (stock layers only)."""
     raw = keras.Input(IMAGE_SHAPE, name="raw_image")
     pixels = keras.layers.Rescaling(1.0, name="to_float")(raw)  # casts uint8 input to float

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -12,7 +10,8 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.files import read_npz, write_npz_and_json
 from pipeline.layout import RAW_KEYS
-from pipeline.params import NormalizeParams, load_params
+from pipeline.params import NormalizeParams, Params
+from pipeline.records.data import NormalizationStats
 from pipeline.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
@@ -37,27 +36,28 @@ def stratified_split(
     return np.flatnonzero(keep), held_out_indices
 
 
-def compute_stats(x_train: np.ndarray, params: NormalizeParams) -> dict[str, Any]:
+def compute_stats(x_train: np.ndarray, params: NormalizeParams) -> NormalizationStats:
     """The normalization's parameters, from the training split only (pixel units, 0-255)."""
     if params.method == "standardize":
-        return {"method": "standardize", **channel_moments(x_train)}
+        moments = channel_moments(x_train)
+        return NormalizationStats(method="standardize", mean=moments["mean"], std=moments["std"])
     if params.method == "scale":
-        return {"method": "scale", "scale": 1.0 / 255.0}
-    return {"method": "article", "axis": 1, "order": 2}
+        return NormalizationStats(method="scale", scale=1.0 / 255.0)
+    return NormalizationStats(method="article", axis=1, order=2)
 
 
-def apply_normalization(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+def apply_normalization(x: np.ndarray, stats: NormalizationStats) -> np.ndarray:
     """Normalize uint8 images with `stats` into a new float32 array."""
     values = x.astype(np.float32)
-    if stats["method"] == "standardize":
-        values -= np.asarray(stats["mean"], dtype=np.float32)
-        values /= np.asarray(stats["std"], dtype=np.float32)
-    elif stats["method"] == "scale":
-        values *= np.float32(stats["scale"])
+    if stats.method == "standardize":
+        values -= np.asarray(stats.mean, dtype=np.float32)
+        values /= np.asarray(stats.std, dtype=np.float32)
+    elif stats.method == "scale":
+        values *= np.float32(stats.scale)
     else:
         # keras.utils.normalize(x, axis=1): each column of each channel to unit L2 norm
         # along the image rows (axis 1), zero vectors left as they are.
-        norms = np.linalg.norm(values, ord=2, axis=stats["axis"], keepdims=True)
+        norms = np.linalg.norm(values, ord=2, axis=stats.axis, keepdims=True)
         norms[norms == 0] = 1
         values /= norms
     return values
@@ -86,7 +86,7 @@ def channel_moments(x: np.ndarray, chunk: int = 4096) -> dict[str, list[float]]:
 
 def prepare(
     raw: dict[str, np.ndarray], params: NormalizeParams, val_fraction: float, seed: int
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], NormalizationStats]:
     """Split and normalize a fetched dataset; returns (arrays, stats report)."""
     keep, held_out = stratified_split(raw["y_train"], val_fraction, seed)
     x_train, x_val = raw["x_train"][keep], raw["x_train"][held_out]
@@ -100,35 +100,40 @@ def prepare(
         "y_test": raw["y_test"],
         "class_names": raw["class_names"],
     }
-    report = {
-        **stats,
-        "counts": {split: int(len(arrays[f"y_{split}"])) for split in ("train", "val", "test")},
-        "normalized_moments": {
-            split: channel_moments(arrays[f"x_{split}"])
-            for split in ("train", "val", "test")
-            if len(arrays[f"x_{split}"])  # no validation split when val_fraction is 0
-        },
-    }
+    report = stats.model_copy(
+        update={
+            "counts": {split: int(len(arrays[f"y_{split}"])) for split in ("train", "val", "test")},
+            "normalized_moments": {
+                split: channel_moments(arrays[f"x_{split}"])
+                for split in ("train", "val", "test")
+                if len(arrays[f"x_{split}"])  # no validation split when val_fraction is 0
+            },
+        }
+    )
     return arrays, report
+
+
+def run(params: Params) -> NormalizationStats:
+    """Split and normalize the fetched dataset; write the arrays and their statistics."""
+    raw = read_npz(params.paths.raw_dataset, RAW_KEYS)
+    arrays, report = prepare(raw, params.normalize, params.data.val_fraction, params.seed)
+    write_npz_and_json(
+        params.paths.prepared_dataset,
+        arrays,
+        params.paths.normalization_stats,
+        report.model_dump(mode="json", exclude_none=True),
+    )
+    log.info(
+        "normalized with %s: train %d, val %d, test %d images",
+        report.method,
+        *report.counts.values(),
+    )
+    return report
 
 
 def main() -> None:
     """Entry point of `python -m pipeline.normalize`."""
-    run_stage(_run, stage_parser(__doc__).parse_args())
-
-
-def _run(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    raw = read_npz(params.paths.raw_dataset, RAW_KEYS)
-    arrays, report = prepare(raw, params.normalize, params.data.val_fraction, params.seed)
-    write_npz_and_json(
-        params.paths.prepared_dataset, arrays, params.paths.normalization_stats, report
-    )
-    log.info(
-        "normalized with %s: train %d, val %d, test %d images",
-        report["method"],
-        *report["counts"].values(),
-    )
+    run_stage(stage_parser(__doc__).parse_args(), run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +16,7 @@ from pydantic import (
 )
 
 from pipeline.errors import PipelineError
+from pipeline.params_messages import describe_validation_error, section_type
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 OFFICIAL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
@@ -28,6 +28,10 @@ Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "swish"]
 # as in Keras 3; outside_sqrt, lr·g / (sqrt(v) + eps) as in Keras up to 2.3.
 RmspropEpsilon = Literal["inside_sqrt", "outside_sqrt"]
 FillMode = Literal["nearest", "reflect"]  # the modes that sample as ImageDataGenerator does
+# Marks a setting that cannot change what a run learns, only how it is resourced, probed or
+# checkpointed: a study's identity (pipeline/tuning/spec.py) and the ablation's factors
+# (pipeline/analysis/grouping.py) leave these out. Declared on the field, once.
+SAME_RESULT: dict[str, Any] = {"same_result": True}
 
 
 class Section(BaseModel):
@@ -123,28 +127,52 @@ class SpeedParams(Section):
         description="with a mixed precision, compute activations and BatchNormalization in "
         "float32: a sigmoid output above ~0.996 rounds to 1.0 in bfloat16 and its gradient to 0",
     )
+    # The same steps, the same weights (tests/test_train.py, steps_per_execution).
     steps_per_execution: PositiveInt = Field(
-        default=1, description="training steps per call into TensorFlow (fewer Python round trips)"
+        default=1,
+        description="training steps per call into TensorFlow (fewer Python round trips)",
+        json_schema_extra=SAME_RESULT,
     )
     fused_batch_norm: bool = Field(
         default=True,
         description="train BatchNormalization with TensorFlow's fused kernel (same function)",
     )
     intra_op_threads: Annotated[int, Field(ge=0)] = Field(
-        default=0, description="threads inside one op; 0 lets TensorFlow use every core"
+        default=0,
+        description="threads inside one op; 0 lets TensorFlow use every core",
+        json_schema_extra=SAME_RESULT,
     )
     inter_op_threads: Annotated[int, Field(ge=0)] = Field(
-        default=0, description="ops run at once; 0 lets TensorFlow decide"
+        default=0,
+        description="ops run at once; 0 lets TensorFlow decide",
+        json_schema_extra=SAME_RESULT,
+    )
+
+
+class LandscapeParams(Section):
+    """The loss landscape along training's own steps, as Santurkar et al. (2018) measure it
+    (pipeline/landscape.py): loss variation, gradient change and effective beta-smoothness."""
+
+    every_steps: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="measure every this many training steps; 0: off"
+    )
+    until_step: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="the last training step measured; 0: to the end of training"
+    )
+    step_multiples: Annotated[list[PositiveFloat], Field(min_length=1)] = Field(
+        default=[0.25, 0.5, 1.0, 2.0, 4.0],
+        description="the steps tried, as multiples of the learning rate training uses",
     )
 
 
 class ProbeParams(Section):
-    """Per-layer gradient and pre-activation probes (pipeline/probes.py)."""
+    """Per-layer gradient and pre-activation probes (pipeline/probes.py), and the landscape."""
 
     interval: Annotated[int, Field(ge=0)] = Field(
         default=1, description="probe every this many epochs, and after the last; 0: off"
     )
     images: PositiveInt = Field(default=256, description="size of the fixed probe batch")
+    landscape: LandscapeParams = LandscapeParams()
 
 
 class TrainParams(ModelSettings):
@@ -162,9 +190,20 @@ class TrainParams(ModelSettings):
         default=False,
         description="checkpoint every epoch; a rerun after an interruption continues from the "
         "last completed epoch instead of starting over",
+        json_schema_extra=SAME_RESULT,
     )
     speed: SpeedParams = SpeedParams()
-    probe: ProbeParams = ProbeParams()
+    # Probing leaves training bit-identical (tests/test_probes.py).
+    probe: ProbeParams = Field(default=ProbeParams(), json_schema_extra=SAME_RESULT)
+
+    def with_learning_rate(self, learning_rate: float) -> TrainParams:
+        """These settings at another learning rate, validated like params.yaml's."""
+        try:
+            return TrainParams.model_validate({**self.model_dump(), "learning_rate": learning_rate})
+        except ValidationError as error:
+            raise PipelineError(
+                f"learning rate {learning_rate!r}: {describe_validation_error(error, TrainParams)}"
+            ) from error
 
     @model_validator(mode="after")
     def _xla_is_not_silently_off(self) -> TrainParams:
@@ -293,6 +332,35 @@ class Params(Section):
         return TrainParams.model_validate(_deep_merge(self.train.model_dump(), overrides))
 
 
+def same_result_fields(model: type[BaseModel] = TrainParams) -> dict[str, Any]:
+    """The fields marked SAME_RESULT, as a pydantic `exclude` argument: a marked field (or
+    section) maps to True, a section holding marked fields to the set or dict of them."""
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        section = section_type(field.annotation)
+        if isinstance(extra, dict) and extra.get("same_result"):
+            found[name] = True
+        elif section is not None and (inner := same_result_fields(section)):
+            found[name] = set(inner) if all(value is True for value in inner.values()) else inner
+    return found
+
+
+def same_result_keys(prefix: str = "train", model: type[BaseModel] = TrainParams) -> set[str]:
+    """The dotted keys (as MLflow's flattened params name them) of every SAME_RESULT setting."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        section = section_type(field.annotation)
+        marked = isinstance(extra, dict) and extra.get("same_result")
+        if section is not None:
+            inner = same_result_keys(f"{prefix}.{name}", section)
+            keys |= {f"{prefix}.{name}.{key}" for key in section.model_fields} if marked else inner
+        elif marked:
+            keys.add(f"{prefix}.{name}")
+    return keys
+
+
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """`base` with `overrides` applied key by key, recursing into nested sections."""
     merged = dict(base)
@@ -325,64 +393,4 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        raise PipelineError(f"{path}: {describe_validation_error(error)}") from error
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """One line naming each bad key by its full path, with the closest valid key for typos."""
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
-            problem = f"unknown key {key!r}"
-            suggestion = _closest_key(item["loc"])
-            if suggestion:
-                problem += f" (did you mean {suggestion!r}?)"
-        elif item["type"] == "missing":
-            problem = f"{key} is required"
-        elif isinstance(item.get("input"), dict):
-            # A check across keys: its message names them; the whole section would be noise.
-            message = item["msg"].removeprefix("Value error, ")
-            problem = f"{key}: {message}" if key else message
-        else:
-            problem = f"{key}: {item['msg']} (got {item.get('input')!r})"
-        problems.append(problem)
-    return "; ".join(problems)
-
-
-def _closest_key(location: tuple[Any, ...]) -> str | None:
-    """The valid key nearest to the unknown last element of `location`, as a full path."""
-    model: Any = Params
-    for part in location[:-1]:
-        if model is Params and part == "variants":
-            model = {"*": VariantOverrides}
-            continue
-        if isinstance(model, dict):
-            model = model["*"]
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = _section_type(field.annotation)
-        if model is None:
-            return None
-    if isinstance(model, dict) or not hasattr(model, "model_fields"):
-        return None
-    name = str(location[-1])
-    # A key renamed by adding a unit (shear → shear_degrees) is no close match, but a prefix.
-    matches = difflib.get_close_matches(name, list(model.model_fields), n=1) or [
-        field for field in model.model_fields if field.startswith(name)
-    ]
-    if not matches:
-        return None
-    return ".".join([*(str(part) for part in location[:-1]), matches[0]])
-
-
-def _section_type(annotation: Any) -> Any:
-    """The Section class inside an annotation such as `AugmentationParams | None`."""
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation
-    for argument in getattr(annotation, "__args__", ()):
-        if isinstance(argument, type) and issubclass(argument, Section):
-            return argument
-    return None
+        raise PipelineError(f"{path}: {describe_validation_error(error, Params)}") from error

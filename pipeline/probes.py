@@ -18,38 +18,19 @@ statistics are put back afterwards.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_csv, write_json
+from pipeline.probe_files import HISTOGRAM_EDGES, Histograms, ProbeRow
 
 SATURATED_ABOVE = 4.0  # sigmoid'(4) ≈ 0.018, under a tenth of its peak 0.25
-HISTOGRAM_EDGES = np.linspace(-12.0, 12.0, 97)  # values outside land in the end bins
-PROBE_FIELDS = (
-    "epoch",
-    "depth",
-    "layer",
-    "grad_norm",
-    "update_ratio",
-    "preact_mean",
-    "preact_std",
-    "saturated_fraction",
-    "mean_derivative",
-)
 PREACTIVATION_FIELDS = ("preact_mean", "preact_std", "saturated_fraction", "mean_derivative")
-
-ProbeRow = dict[str, Any]
-# histograms[epoch][layer] = counts over HISTOGRAM_EDGES
-Histograms = dict[int, dict[str, list[int]]]
 
 
 @dataclass(frozen=True)
@@ -217,37 +198,3 @@ class ProbeCallback(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - started
         if self.on_sample is not None:
             self.on_sample(epoch + 1, sample)
-
-
-def write_probes(target: Path, rows: list[ProbeRow]) -> None:
-    """The probe rows as CSV (one row per epoch and layer), atomically."""
-    write_csv(target, PROBE_FIELDS, rows)
-
-
-def read_probes(source: Path) -> list[ProbeRow]:
-    """Rows written by `write_probes`; numbers as floats ('nan' where not applicable)."""
-    if not source.is_file():
-        raise PipelineError(f"{source} does not exist: run `dvc repro` to train first")
-    with source.open(newline="") as stream:
-        return [
-            {key: value if key == "layer" else float(value) for key, value in row.items()}
-            for row in csv.DictReader(stream)
-        ]
-
-
-def write_preactivations(target: Path, histograms: Histograms) -> None:
-    """Pre-activation histograms per epoch and layer, with their bin edges, as JSON."""
-    write_json(
-        target,
-        {
-            "edges": HISTOGRAM_EDGES.tolist(),
-            "epochs": {str(epoch): layers for epoch, layers in histograms.items()},
-        },
-    )
-
-
-def read_preactivations(source: Path) -> tuple[np.ndarray, Histograms]:
-    """(bin edges, histograms by epoch and layer) written by `write_preactivations`."""
-    data = read_json(source)
-    epochs = {int(epoch): layers for epoch, layers in data["epochs"].items()}
-    return np.asarray(data["edges"]), epochs

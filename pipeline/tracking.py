@@ -19,51 +19,33 @@ import numpy as np
 from mlflow.data.numpy_dataset import from_numpy
 from mlflow.exceptions import MlflowException
 
+from pipeline import names
 from pipeline.errors import PipelineError
 from pipeline.files import array_digest
-from pipeline.layout import project_root
+from pipeline.layout import Stores
 from pipeline.params import Params, TrainParams
 
 log = logging.getLogger(__name__)
 
-STORE_FILE = "mlflow.db"
-HOST_TAG = "pipeline.host"
-PID_TAG = "pipeline.pid"
 ARTIFACTS_FOLDER = "mlartifacts"
 # `mlflow ui` opens an experiment of this kind on its training runs, not the GenAI view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-# MLflow's chart view groups metrics in sections by the prefix before "/": timings go to a
-# `speed` section, so the first section holds what people compare (loss, accuracy, test).
-SPEED_METRICS = (
-    "epoch_seconds",
-    "images_per_second",
-    "wall_seconds",
-    "probe_seconds",
-    "probe_overhead",
-)
-
-
-def metric_name(key: str) -> str:
-    """The MLflow name of a history or training metric: timings under `speed/`."""
-    return f"speed/{key}" if key in SPEED_METRICS else key
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else an SQLite store at the project root."""
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
-    if configured:
-        return configured
-    return f"sqlite:///{project_root() / STORE_FILE}"
+    return Stores.from_environment().tracking_uri
 
 
-def connect(experiment_name: str) -> str:
-    """Point MLflow at the store and experiment; returns the experiment id.
+def connect(experiment_name: str, uri: str | None = None) -> str:
+    """Point MLflow at the store `uri` (default: `tracking_uri()`) and the experiment;
+    returns the experiment id.
 
     A new experiment keeps its artifacts beside the SQLite store (not in the working
     directory, which is a throw-away copy under `dvc exp run`).
     """
-    check_server()
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
         with _store_lock(uri):
@@ -77,8 +59,9 @@ def connect(experiment_name: str) -> str:
                     )
                 return experiment.experiment_id
             location = None
-            if uri.startswith("sqlite:"):
-                location = (project_root() / ARTIFACTS_FOLDER).as_uri()
+            if uri.startswith("sqlite:///"):
+                store = Path(uri.removeprefix("sqlite:///"))
+                location = (store.resolve().parent / ARTIFACTS_FOLDER).as_uri()
             return mlflow.create_experiment(
                 experiment_name, artifact_location=location, tags=EXPERIMENT_KIND
             )
@@ -93,9 +76,9 @@ def connect(experiment_name: str) -> str:
         ) from error
 
 
-def check_server() -> None:
+def check_server(uri: str | None = None) -> None:
     """Fail fast when the store is a tracking server that does not answer; writes nothing."""
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
 
@@ -143,17 +126,18 @@ def log_dataset(x: np.ndarray, y: np.ndarray, split: str, source: str, context: 
 def flat_params(params: Params, variant: str, seed: int, settings: TrainParams) -> dict[str, Any]:
     """Every effective hyperparameter of a run, flattened to dotted keys for MLflow."""
     flat: dict[str, Any] = {"variant": variant, "seed": seed, "data.seed": params.seed}
-    flat.update(_flatten("train", settings.model_dump()))
-    flat.update(_flatten("data", params.data.model_dump(exclude={"url", "md5"})))
+    flat.update(flatten("train", settings.model_dump()))
+    flat.update(flatten("data", params.data.model_dump(exclude={"url", "md5"})))
     flat["normalize.method"] = params.normalize.method
     return flat
 
 
-def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Nested sections as one level of dotted keys under `prefix`."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(f"{prefix}.{key}", value))
+            flat.update(flatten(f"{prefix}.{key}", value))
         else:
             flat[f"{prefix}.{key}"] = value
     return flat
@@ -162,9 +146,9 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 def run_tags(variant: str, dataset_digest: str, seed: int) -> dict[str, str]:
     """Tags that tie a run to its variant, data, code and DVC experiment."""
     return {
-        "variant": variant,
-        "dataset_digest": dataset_digest,
-        "seed": str(seed),
+        names.VARIANT_TAG: variant,
+        names.DATASET_DIGEST_TAG: dataset_digest,
+        names.SEED_TAG: str(seed),
         **source_tags(),
     }
 
@@ -191,10 +175,10 @@ def close_orphaned_runs(experiment_id: str) -> None:
     host = socket.gethostname()
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{names.HOST_TAG}` = '{host}'",
     )
     for run in runs:
-        pid = int(run.data.tags.get(PID_TAG, "0"))
+        pid = int(run.data.tags.get(names.PID_TAG, "0"))
         if pid and not _process_exists(pid):
             client.set_terminated(run.info.run_id, "KILLED")
             log.warning(
@@ -218,7 +202,7 @@ def _process_exists(pid: int) -> bool:
 
 def process_tags() -> dict[str, str]:
     """The machine and process of a run, so a run left RUNNING by a dead process is found."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    return {names.HOST_TAG: socket.gethostname(), names.PID_TAG: str(os.getpid())}
 
 
 def source_tags() -> dict[str, str]:
@@ -226,12 +210,9 @@ def source_tags() -> dict[str, str]:
     tags = process_tags()
     commit = _git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["git_commit"] = commit
-    for env_name, tag in (
-        ("DVC_EXP_NAME", "dvc_exp_name"),
-        ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev"),
-    ):
+        tags[names.MLFLOW_GIT_COMMIT_TAG] = commit
+        tags[names.GIT_COMMIT_TAG] = commit
+    for env_name, tag in names.DVC_EXPERIMENT_TAGS.items():
         if os.environ.get(env_name):
             tags[tag] = os.environ[env_name]
     return tags

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -10,25 +9,35 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import tensorflow as tf
+from matplotlib.ticker import MaxNLocator
 from mlflow.models import infer_signature
 
-from pipeline import tracking
+from pipeline import names, tracking
 from pipeline.cli import run_stage, stage_parser
 from pipeline.devices import claim_gpu
-from pipeline.figures import learning_curves_figure, save
 from pipeline.files import atomic_path, read_json, read_npz, write_json
-from pipeline.history import write_history
-from pipeline.layout import PREPARED_KEYS, project_root, run_name, variant_files
-from pipeline.mlflow_callbacks import MlflowEpochMetrics, MlflowProbeMetrics
+from pipeline.history import History, write_history
+from pipeline.layout import PREPARED_KEYS, Stores, run_name, variant_files
+from pipeline.mlflow_callbacks import (
+    MlflowEpochMetrics,
+    MlflowLandscapeMetrics,
+    MlflowProbeMetrics,
+)
 from pipeline.model import export_model
-from pipeline.params import load_params
-from pipeline.probes import write_preactivations, write_probes
+from pipeline.params import Params, TrainParams
+from pipeline.png import save
+from pipeline.probe_files import write_landscape, write_preactivations, write_probes
+from pipeline.records import read_record, write_record
+from pipeline.records.data import NormalizationStats, Provenance
+from pipeline.records.runs import RunLink, TrainMetrics, TunedRate
 from pipeline.training import (
     TrainingResult,
     device_description,
+    landscape_callback,
     probe_callback,
     train_model,
     training_data,
@@ -38,83 +47,90 @@ log = logging.getLogger(__name__)
 
 
 def final_metrics(
-    result: TrainingResult, learning_rate: float, probe_seconds: float = 0.0
-) -> dict[str, float]:
-    """The DVC metrics of a training run; `probe_seconds` is the time the probes took."""
+    result: TrainingResult,
+    learning_rate: float,
+    probe_seconds: float = 0.0,
+    landscape_seconds: float = 0.0,
+) -> TrainMetrics:
+    """The DVC metrics of a training run; `probe_seconds` and `landscape_seconds` are the time
+    the probes and the landscape measures took (inside the wall time)."""
     last = result.history[-1]
-    return {
-        "loss": last["loss"],
-        "accuracy": last["accuracy"],
-        "val_loss": last["val_loss"],
-        "val_accuracy": last["val_accuracy"],
-        "best_val_accuracy": max(row["val_accuracy"] for row in result.history),
-        "epochs": len(result.history),
-        "learning_rate": learning_rate,
-        "wall_seconds": result.wall_seconds,
-        "images_per_second": float(np.median([row["images_per_second"] for row in result.history])),
-        "probe_seconds": probe_seconds,
-        "probe_overhead": probe_seconds / result.wall_seconds,
-    }
-
-
-def main() -> None:
-    """Entry point of `python -m pipeline.train <variant>`."""
-    run_stage(_run, stage_parser(__doc__, variant=True, seed=True).parse_args())
-
-
-def _run(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    claim_gpu(project_root())  # before TensorFlow first touches a GPU
-    seed = params.seeds[0] if args.seed is None else args.seed
-    name = run_name(args.variant, seed)
-    files = variant_files(params.paths, args.variant, seed)
-    tuned = read_json(files.tuned)
-    settings = params.variant(args.variant).model_copy(
-        update={"learning_rate": float(tuned["learning_rate"])}
+    return TrainMetrics(
+        loss=last["loss"],
+        accuracy=last["accuracy"],
+        val_loss=last["val_loss"],
+        val_accuracy=last["val_accuracy"],
+        best_val_accuracy=max(row["val_accuracy"] for row in result.history),
+        epochs=len(result.history),
+        learning_rate=learning_rate,
+        wall_seconds=result.wall_seconds,
+        images_per_second=float(np.median([row["images_per_second"] for row in result.history])),
+        probe_seconds=probe_seconds,
+        probe_overhead=probe_seconds / result.wall_seconds,
+        landscape_seconds=landscape_seconds,
+        landscape_overhead=landscape_seconds / result.wall_seconds,
     )
-    experiment_id = tracking.connect(params.mlflow.experiment)  # fail fast, before loading
-    stats = read_json(params.paths.normalization_stats)
-    provenance = read_json(params.paths.provenance)
+
+
+def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics:
+    """Train `variant` with `seed` at its tuned rate, log it to MLflow, write its files."""
+    claim_gpu(stores.root)  # before TensorFlow first touches a GPU
+    name = run_name(variant, seed)
+    files = variant_files(params.paths, variant, seed)
+    tuned = read_record(files.tuned, TunedRate)
+    settings = params.variant(variant).with_learning_rate(tuned.learning_rate)
+    experiment_id = tracking.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast
+    stats = read_record(params.paths.normalization_stats, NormalizationStats)
+    provenance = read_record(params.paths.provenance, Provenance)
     data = training_data(read_npz(params.paths.prepared_dataset, PREPARED_KEYS), settings)
     raw_example = read_npz(params.paths.raw_dataset, ("x_train",))["x_train"][:2]
 
+    flat = tracking.flat_params(params, variant, seed, settings)
     tags = {
-        **tracking.run_tags(args.variant, provenance["sha256"], seed),
-        "device": device_description(),
+        **tracking.run_tags(variant, provenance.sha256, seed),
+        names.DEVICE_TAG: device_description(),
     }
     checkpoints = None
     resumed_run_id = None
     if settings.resume:
-        checkpoints = checkpoint_folder(
-            tracking.flat_params(params, args.variant, seed, settings), provenance
-        )
+        checkpoints = checkpoint_folder(stores.root, flat, provenance.sha256)
         if (checkpoints / "mlflow_run.json").is_file():
             resumed_run_id = read_json(checkpoints / "mlflow_run.json")["run_id"]
     with (
         mlflow.start_run(
             run_id=resumed_run_id, experiment_id=experiment_id, run_name=name, tags=tags
-        ) as run,
+        ) as active,
         tracking.killed_on_interrupt(),
     ):
-        run_id = run.info.run_id
+        run_id = active.info.run_id
         if checkpoints is not None:
             write_json(checkpoints / "mlflow_run.json", {"run_id": run_id})
-        mlflow.log_params(
-            {
-                **tracking.flat_params(params, args.variant, seed, settings),
-                "train.learning_rate_source": tuned["source"],
-            }
-        )
+        mlflow.log_params({**flat, names.LEARNING_RATE_SOURCE_PARAM: tuned.source})
         source = str(params.paths.prepared_dataset)
         tracking.log_dataset(data.x_train, data.y_train, "train", source, "training")
         validated_on = "test" if settings.validation_data == "test" else "validation"
         tracking.log_dataset(data.x_val, data.y_val, validated_on, source, "validation")
-        log.info("training %s on %s (MLflow run %s): %s", name, tags["device"], run_id, settings)
+        log.info(
+            "training %s on %s (MLflow run %s); settings: %s",
+            name,
+            tags[names.DEVICE_TAG],
+            run_id,
+            changed_settings(settings),
+        )
         client = mlflow.MlflowClient()
         # Every seed probes the same images: the data seed picks them.
         probes = probe_callback(data, settings, params.seed, MlflowProbeMetrics(client, run_id))
+        landscape = landscape_callback(
+            data, settings, params.seed, MlflowLandscapeMetrics(client, run_id)
+        )
         result = train_model(
-            data, settings, seed, [MlflowEpochMetrics(client, run_id)], checkpoints, probes
+            data,
+            settings,
+            seed,
+            [MlflowEpochMetrics(client, run_id)],
+            checkpoints,
+            probes,
+            landscape,
         )
         exported = export_model(result.model, stats)
         with atomic_path(files.model) as temporary:
@@ -123,35 +139,83 @@ def _run(args: argparse.Namespace) -> None:
         save(learning_curves_figure(name, result.history), files.learning_curves)
         write_probes(files.probes, probes.rows)
         write_preactivations(files.preactivations, probes.histograms)
-        metrics = final_metrics(result, settings.learning_rate, probes.seconds)
-        write_json(files.train_metrics, metrics)
+        write_landscape(files.landscape, landscape.rows)
+        metrics = final_metrics(result, settings.learning_rate, probes.seconds, landscape.seconds)
+        write_record(files.train_metrics, metrics)
         mlflow.log_metrics(
             {
-                tracking.metric_name(key): metrics[key]
-                for key in ("best_val_accuracy", "wall_seconds", "probe_seconds", "probe_overhead")
+                names.metric_name(key): getattr(metrics, key)
+                for key in (
+                    "best_val_accuracy",
+                    "wall_seconds",
+                    "probe_seconds",
+                    "probe_overhead",
+                    "landscape_seconds",
+                    "landscape_overhead",
+                )
             }
         )
-        for artifact in (files.history, files.learning_curves, files.probes, files.preactivations):
+        for artifact in (
+            files.history,
+            files.learning_curves,
+            files.probes,
+            files.preactivations,
+            files.landscape,
+        ):
             mlflow.log_artifact(str(artifact))
         model_id = _log_model(exported, raw_example) if params.mlflow.log_model else None
-    write_json(
-        files.run,
-        {"run_id": run_id, "experiment": params.mlflow.experiment, "model_id": model_id},
+    write_record(
+        files.run, RunLink(run_id=run_id, experiment=params.mlflow.experiment, model_id=model_id)
     )
-    log.info(
-        "%s: val_accuracy %.4f after %d epochs",
-        name,
-        metrics["val_accuracy"],
-        metrics["epochs"],
+    log.info("%s: val_accuracy %.4f after %d epochs", name, metrics.val_accuracy, metrics.epochs)
+    return metrics
+
+
+def changed_settings(settings: TrainParams) -> str:
+    """The settings that differ from the project's defaults, as `key=value` (dotted keys)."""
+    defaults = tracking.flatten("train", TrainParams().model_dump())
+    changed = [
+        f"{key.removeprefix('train.')}={value}"
+        for key, value in tracking.flatten("train", settings.model_dump()).items()
+        if defaults.get(key) != value
+    ]
+    return ", ".join(changed) or "the defaults"
+
+
+def learning_curves_figure(name: str, history: History) -> plt.Figure:
+    """Loss and accuracy of one run, side by side."""
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.plot(epochs, [row[metric] for row in history], label="train")
+        axes.plot(epochs, [row[f"val_{metric}"] for row in history], "--", label="validation")
+        axes.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric}")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def main() -> None:
+    """Entry point of `python -m pipeline.train <variant> [--seed N]`."""
+    args = stage_parser(__doc__, variant=True, seed=True).parse_args()
+    run_stage(
+        args,
+        lambda params: run(
+            params,
+            args.variant,
+            params.seeds[0] if args.seed is None else args.seed,
+            Stores.from_environment(),
+        ),
     )
 
 
-def checkpoint_folder(settings: dict[str, Any], provenance: dict[str, Any]) -> Path:
+def checkpoint_folder(root: Path, settings: dict[str, Any], data_sha256: str) -> Path:
     """Where a resumable run keeps its checkpoints: one folder per variant, settings and data,
     at the project root so that a rerun of a killed `dvc exp run` finds them."""
-    key = json.dumps({"settings": settings, "data": provenance["sha256"]}, sort_keys=True)
+    key = json.dumps({"settings": settings, "data": data_sha256}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return project_root() / ".cache" / "resume" / f"{settings['variant']}-{digest}"
+    return root / ".cache" / "resume" / f"{settings['variant']}-{digest}"
 
 
 def _log_model(model: keras.Model, example: np.ndarray) -> str:

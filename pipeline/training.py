@@ -25,8 +25,9 @@ from tensorflow.python.framework import config as tf_config
 
 from pipeline.augment import RandomAffine, is_identity
 from pipeline.callbacks import EpochTelemetry, RunCheckpoint, StopOnNonFiniteLoss
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, TrainingDiverged
 from pipeline.history import History
+from pipeline.landscape import LandscapeCallback, LandscapeRow
 from pipeline.model import build_model
 from pipeline.optimizers import make_optimizer
 from pipeline.params import SpeedParams, TrainParams
@@ -211,8 +212,9 @@ def train_model(
     callbacks: list[Any] | None = None,
     checkpoints: Path | None = None,
     probes: ProbeCallback | None = None,
+    landscape: LandscapeCallback | None = None,
 ) -> TrainingResult:
-    """Build, compile and fit one variant; raises PipelineError if the loss diverges.
+    """Build, compile and fit one variant; raises TrainingDiverged if the loss diverges.
 
     `probes` samples the layers after each epoch it is due. With `checkpoints`, the model,
     optimizer, history, probes and time trained are saved there after every epoch, and a
@@ -229,7 +231,12 @@ def train_model(
     )
     telemetry = EpochTelemetry(images_per_epoch)
     guard = StopOnNonFiniteLoss()
-    observers = [*(callbacks or []), *([probes] if probes is not None else [])]
+    # The landscape first: it measures before a step, so before any other callback's view.
+    observers = [
+        *([landscape] if landscape is not None else []),
+        *(callbacks or []),
+        *([probes] if probes is not None else []),
+    ]
     checkpoint = None
     resuming: list[Any] = []
     if checkpoints is not None:
@@ -254,7 +261,7 @@ def train_model(
     if checkpoints is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # done, or diverged: never resume that
     if guard.failure:
-        raise PipelineError(
+        raise TrainingDiverged(
             f"training diverged: {guard.failure}; lower the learning rate "
             "(train.learning_rate or the variant's learning_rate) or enable batch_norm"
         )
@@ -309,6 +316,17 @@ def bn_statistics_lag(settings: TrainParams, total_steps: int) -> str | None:
 def steps_per_epoch(settings: TrainParams, n_images: int) -> int:
     """Training steps in one epoch of `n_images` images (a share of them with epoch_fraction)."""
     return max(1, math.ceil(n_images * settings.epoch_fraction / settings.batch_size))
+
+
+def landscape_callback(
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    on_row: Callable[[LandscapeRow], None] | None = None,
+) -> LandscapeCallback:
+    """The landscape along training's steps on the same fixed batch the probes use."""
+    x, y = fixed_batch(data.x_train, data.y_train, settings.probe.images, seed)
+    return LandscapeCallback(x, y, settings.probe.landscape, on_row)
 
 
 def probe_callback(

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 from pipeline.cli import add_common_arguments, run_stage
 from pipeline.devices import claim_gpu
 from pipeline.errors import PipelineError
-from pipeline.files import write_json
-from pipeline.layout import project_root, tuned_file
-from pipeline.params import Params, load_params
+from pipeline.layout import Stores, tuned_file
+from pipeline.params import Params
+from pipeline.records import write_record
+from pipeline.records.runs import TunedRate
 
 if TYPE_CHECKING:
     from pipeline.tuning.summary import StudySummary
@@ -45,7 +46,13 @@ def main() -> None:
         "(postgresql://user@host/db) or journal:<file>; writes no tuned.json",
     )
     add_common_arguments(parser)
-    run_stage(_run, parser.parse_args())
+    args = parser.parse_args()
+    run_stage(
+        args,
+        lambda params: run(
+            params, args.variant, Stores.from_environment(), args.n_trials, args.storage
+        ),
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -55,17 +62,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _run(args: argparse.Namespace) -> None:
-    params = load_params(args.params)
-    settings = params.variant(args.variant)
-    worker = args.n_trials is not None or args.storage is not None
-    n_trials = args.n_trials if args.n_trials is not None else params.tune.n_trials
-    tuned = tuned_file(params.paths, args.variant)
-    if n_trials == 0 and not worker:
-        write_json(tuned, {"learning_rate": settings.learning_rate, "source": "params"})
-        log.info("%s: learning rate %g from params.yaml", args.variant, settings.learning_rate)
-        return
-    if n_trials == 0:
+def run(
+    params: Params,
+    variant: str,
+    stores: Stores,
+    n_trials: int | None = None,
+    storage: str | None = None,
+) -> TunedRate | None:
+    """The stage: write the variant's tuned.json and return it. With `n_trials` or `storage`,
+    a worker on the study instead: it writes nothing and returns None."""
+    settings = params.variant(variant)
+    worker = n_trials is not None or storage is not None
+    wanted = n_trials if n_trials is not None else params.tune.n_trials
+    tuned_path = tuned_file(params.paths, variant)
+    if wanted == 0 and not worker:
+        passed = TunedRate(learning_rate=settings.learning_rate, source="params")
+        write_record(tuned_path, passed)
+        log.info("%s: learning rate %g from params.yaml", variant, settings.learning_rate)
+        return passed
+    if wanted == 0:
         raise PipelineError("nothing to tune: pass --n-trials N or set tune.n_trials")
     if settings.validation_data == "test":
         raise PipelineError(
@@ -73,16 +88,19 @@ def _run(args: argparse.Namespace) -> None:
             "set, and the test accuracy would no longer measure the model fairly: tune with "
             "validation_data: split (data.val_fraction above 0), or set tune.n_trials: 0"
         )
-    claim_gpu(project_root())  # before TensorFlow first touches a GPU
-    summary = _tune(params, args.variant, n_trials, args.storage or params.tune.storage)
+    claim_gpu(stores.root)  # before TensorFlow first touches a GPU
+    summary = _tune(params, variant, wanted, storage or params.tune.storage, stores)
+    log.info("%s: %s", variant, summary.describe())
     if worker:
-        log.info("%s: %s", args.variant, summary.describe())
-        return
-    write_json(tuned, summary.tuned())
-    log.info("%s: %s", args.variant, summary.describe())
+        return None
+    tuned = TunedRate.model_validate(summary.tuned())
+    write_record(tuned_path, tuned)
+    return tuned
 
 
-def _tune(params: Params, variant: str, n_trials: int, storage: str | None) -> StudySummary:
+def _tune(
+    params: Params, variant: str, n_trials: int, storage: str | None, stores: Stores
+) -> StudySummary:
     """Run the variant's study; TensorFlow and Optuna are imported only here."""
     import optuna
 
@@ -92,7 +110,7 @@ def _tune(params: Params, variant: str, n_trials: int, storage: str | None) -> S
     from pipeline.tuning.storage import storage_url
     from pipeline.tuning.worker import run_study
 
-    tracking.check_server()  # before the study's storage is created or data is loaded
+    tracking.check_server(stores.tracking_uri)  # before the storage is created or data loaded
     # Optuna's messages go through the stage's logging set-up, like every other message.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
@@ -100,7 +118,9 @@ def _tune(params: Params, variant: str, n_trials: int, storage: str | None) -> S
     data = load_tuning_data(
         params.paths.prepared_dataset, settings, params.tune.subset, params.seed
     )
-    return run_study(params, variant, data, n_trials, storage_url(storage))
+    return run_study(
+        params, variant, data, n_trials, storage_url(storage, stores.root), stores.tracking_uri
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import http.server
 import os
 import shutil
@@ -15,7 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
 
+from pipeline.layout import Stores
+from pipeline.params import Params, TrainParams
 from tests.sources import write_class_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,15 +28,26 @@ PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignor
 DVC_FILES = (".gitignore", "config", "plots")
 
 
-def project_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment stages run in: this interpreter first on PATH, the local stores."""
+def project_environment(
+    extra: dict[str, str] | None = None, root: Path | None = None
+) -> dict[str, str]:
+    """The environment stages run in: this interpreter first on PATH, the project's code
+    importable from anywhere, and the local stores (with `root`, its mlflow.db)."""
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
     }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONHASHSEED"] = "0"
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    if root is not None:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     env.update(extra or {})
     return env
+
+
+def stores_at(root: Path) -> Stores:
+    """The stores of an in-process stage under `root`: its own MLflow SQLite store there."""
+    return Stores(root, f"sqlite:///{root / 'mlflow.db'}")
 
 
 def run_command(
@@ -62,12 +78,42 @@ def edit_params(repo: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     path.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
+# The one shrinking of params.yaml the tests use: a whole DAG in about a minute on two cores.
+SMALL = {
+    "data": {"source": "fixture/cifar10-small.tar.gz", "val_fraction": 0.2},
+    "train": {"epochs": 2, "batch_size": 8},
+}
+
+
+def deep_update(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`values` with `changes` applied key by key, recursing into sections (in place)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            deep_update(values[key], value)
+        else:
+            values[key] = value
+    return values
+
+
+def small_values(**changes: Any) -> dict[str, Any]:
+    """The project's params.yaml shrunk to SMALL, then `changes` (sections merged key by key)."""
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    return deep_update(deep_update(values, copy.deepcopy(SMALL)), changes)
+
+
+def small_params(**changes: Any) -> Params:
+    """`small_values`, validated."""
+    return Params.model_validate(small_values(**changes))
+
+
+def small_train(**changes: Any) -> TrainParams:
+    """The small training settings (those of `train`), with `changes`."""
+    return TrainParams.model_validate(small_values(train=changes)["train"])
+
+
 def tiny_settings(values: dict[str, Any]) -> None:
-    """Parameters small enough for a whole DAG in about a minute on two cores."""
-    values["data"]["source"] = "fixture/cifar10-small.tar.gz"
-    values["data"]["val_fraction"] = 0.2
-    values["train"]["epochs"] = 2
-    values["train"]["batch_size"] = 8
+    """Shrink params.yaml values to SMALL (for edit_params)."""
+    deep_update(values, copy.deepcopy(SMALL))
 
 
 def make_project(root: Path) -> Path:
@@ -96,6 +142,22 @@ def make_project(root: Path) -> Path:
     run_command(["git", "add", "-A"], repo)
     run_command(["git", "commit", "-qm", "baseline"], repo)
     return repo
+
+
+def client_for(repo: Path) -> MlflowClient:
+    """The MLflow client of a project's own store."""
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def runs_by_name(repo: Path, experiment: str = "bn-cifar10") -> dict[str, list[Run]]:
+    """A project's MLflow runs by run name, oldest first."""
+    client = client_for(repo)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    runs: dict[str, list[Run]] = {}
+    for run in client.search_runs([found.experiment_id], order_by=["start_time ASC"]):
+        runs.setdefault(run.info.run_name, []).append(run)
+    return runs
 
 
 @pytest.fixture(scope="module")

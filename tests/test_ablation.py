@@ -6,8 +6,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.ablation import RunResult, comparable_params, group_runs, with_added_runs
+import pytest
+
+from pipeline.analysis.grouping import group_runs
+from pipeline.analysis.runs import RunResult, comparable_params, with_added_runs
+from pipeline.analysis.summary import summarize
+from pipeline.analysis.sweep import sweep_figure, sweep_points, sweep_table
+from pipeline.errors import PipelineError
 from pipeline.files import write_json
+from pipeline.png import save
 
 
 def run(seed: int, **params: str) -> RunResult:
@@ -76,3 +83,51 @@ def test_runs_added_from_several_parts_count_once(tmp_path: Path) -> None:
     write_json(part2, [dataclasses.asdict(first), dataclasses.asdict(second)])
     merged = with_added_runs([third, second], [part1, part2])
     assert sorted(result.seed for result in merged) == ["1", "2", "3"]
+
+
+def sweep_run(variant: str, rate: str, seed: int, accuracy: float) -> RunResult:
+    curve = {"1": 0.1, "2": 0.1} if accuracy <= 0.11 else {"1": 0.3, "2": 0.25, "3": accuracy}
+    return RunResult(
+        run_id=f"{variant}-{rate}-{seed}",
+        experiment=f"lr-{rate}-{variant}",
+        variant=variant,
+        seed=str(seed),
+        params={"train.learning_rate": rate, "train.batch_norm": str(variant == "bn")},
+        test_accuracy=accuracy,
+        val_accuracy_first=curve["1"],
+        val_accuracy_last=list(curve.values())[-1],
+        first_layer_update=1e-3,
+        val_accuracy=curve,
+    )
+
+
+def test_a_sweep_says_which_rates_each_variant_tolerates(tmp_path: Path) -> None:
+    runs = [
+        sweep_run("plain", "0.01", 1, 0.1),
+        sweep_run("plain", "0.01", 2, 0.1),
+        sweep_run("plain", "0.001", 1, 0.62),
+        sweep_run("plain", "0.001", 2, 0.1),
+        sweep_run("bn", "0.01", 1, 0.66),
+        sweep_run("bn", "0.01", 2, 0.68),
+        sweep_run("bn", "0.001", 1, 0.69),
+        sweep_run("bn", "0.001", 2, 0.70),
+    ]
+    summary = summarize(runs)
+    points = sweep_points(summary, "train.learning_rate", {("lr-0.01-bn", "bn"): 1})
+    by = {(point.variant, point.value): point for point in points}
+    assert by[("plain", 0.01)].tolerated == "no"
+    assert by[("plain", 0.001)].tolerated == "partly (1/2)"
+    assert by[("bn", 0.001)].tolerated == "yes"
+    assert by[("bn", 0.01)].tolerated == "partly (2/3)"  # one run of it failed
+    bn = by[("bn", 0.001)]
+    assert bn.low < bn.test_accuracy.mean < bn.high
+    assert bn.high - bn.low == pytest.approx(2 * 12.706 * 0.00707 / 2**0.5, rel=1e-3)
+    # Roughness of (0.3, 0.25, 0.69): path 0.05 + 0.44 over the net 0.39; of (…, 0.70) 0.5/0.4.
+    assert bn.roughness.mean == pytest.approx(((0.05 + 0.44) / 0.39 + 0.5 / 0.4) / 2)
+    assert by[("plain", 0.01)].roughness.n == 0  # stuck runs have none
+    table = sweep_table(points, "train.learning_rate").markdown()
+    assert "| plain | 0.01 | 2 | 0.1000 ± 0.0000 (no interval) | 0/2 | 0 | no |" in table
+    save(sweep_figure(points, "train.learning_rate"), tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    with pytest.raises(PipelineError, match="do not differ in train.epochs"):
+        sweep_points(summary, "train.epochs")

@@ -33,7 +33,7 @@ def run_stage(
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=folder,
-        env={**project_environment(env), "PYTHONPATH": str(PROJECT_ROOT)},
+        env=project_environment(env),
         capture_output=True,
         text=True,
         timeout=300,

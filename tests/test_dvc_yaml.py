@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import yaml
 
 from pipeline.layout import variant_files
 from pipeline.params import load_params
+from tools.stage_deps import code_closure, declared_code_deps, stage_modules, with_code_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_FILES = {
@@ -23,6 +23,7 @@ STAGE_FILES = {
         "history",
         "probes",
         "preactivations",
+        "landscape",
     },
     "evaluate": {"confusion_png", "test_metrics", "confusion"},
 }
@@ -61,81 +62,27 @@ def test_per_variant_outputs_match_the_layout() -> None:
     assert every_file == set(vars(variant_files(params.paths, "any", 0)))
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The `pipeline.*` modules a source file imports anywhere (functions included), except
-    under `if TYPE_CHECKING:`, which never runs."""
-    tree = ast.parse(path.read_text())
-    type_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
-        for statement in block.body
-        for node in ast.walk(statement)
-    }
-    modules = set()
-    for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
-        if isinstance(node, ast.Import):
-            modules |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module)
-            # `from pipeline import tracking` imports the module pipeline.tracking.
-            modules |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {module for module in modules if (ROOT / module_file(module)).is_file()}
-
-
-def module_file(module: str) -> str:
-    """pipeline.x → pipeline/x.py; a package (pipeline, pipeline.tuning) → its __init__.py."""
-    parts = module.split(".")
-    if parts[0] != "pipeline":
-        return "not-a-project-module"
-    if (ROOT / Path(*parts)).is_dir():
-        return "/".join(parts) + "/__init__.py"
-    return "/".join(parts) + ".py"
-
-
-def packages_of(module: str) -> list[str]:
-    """The packages Python runs before `module` (pipeline.tuning.x: pipeline, pipeline.tuning)."""
-    parts = module.split(".")
-    return [".".join(parts[:end]) for end in range(1, len(parts))]
-
-
-def code_closure(module: str) -> set[str]:
-    """The files of `module` and every project module it imports, directly or transitively
-    (with each package's __init__.py, which Python runs before any of its modules)."""
-    seen: set[str] = set()
-    pending = [module]
-    while pending:
-        current = pending.pop()
-        file = module_file(current)
-        if file in seen:
-            continue
-        seen.add(file)
-        pending += packages_of(current) + sorted(imported_modules(ROOT / file))
-    return seen
-
-
-def stage_commands(stages: dict[str, Any]) -> dict[str, tuple[str, set[str]]]:
-    """Per stage: the module its `cmd` runs and the pipeline/ files among its deps."""
-    commands = {}
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        module = re.match(r"python -m (pipeline\.\w+)", body["cmd"])
-        assert module, f"stage {name} does not run `python -m pipeline.<stage>`"
-        deps = {dep for dep in body.get("deps", []) if dep.startswith("pipeline/")}
-        commands[name] = (module[1], deps)
-    return commands
-
-
 def test_code_deps_are_exactly_the_modules_each_stage_imports() -> None:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, (module, deps) in stage_commands(stages).items():
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    declared = declared_code_deps(dvc_yaml)
+    for name, module in stage_modules(dvc_yaml).items():
         expected = code_closure(module)
-        assert deps == expected, (
-            f"stage {name}: dvc.yaml lists {sorted(deps - expected)} that {module} does not "
-            f"import, and misses {sorted(expected - deps)} that it does"
+        assert declared[name] == expected, (
+            f"stage {name}: dvc.yaml lists {sorted(declared[name] - expected)} that {module} "
+            f"does not import, and misses {sorted(expected - declared[name])} that it does; "
+            "run ./tasks.sh deps"
         )
+
+
+def test_the_deps_command_rewrites_only_the_code_deps(tmp_path: Path) -> None:
+    text = (ROOT / "dvc.yaml").read_text()
+    stale = text.replace("      - pipeline/compare.py\n", "").replace(
+        "      - pipeline/fetch.py\n", "      - pipeline/fetch.py\n      - pipeline/gone.py\n"
+    )
+    assert stale != text
+    dvc_yaml = yaml.safe_load(text)
+    expected = {name: code_closure(module) for name, module in stage_modules(dvc_yaml).items()}
+    assert with_code_deps(stale, expected) == text
 
 
 def test_the_closure_follows_imports_inside_functions_and_skips_type_checking() -> None:
@@ -149,3 +96,19 @@ def test_the_closure_follows_imports_inside_functions_and_skips_type_checking() 
     )
     assert "pipeline/train.py" not in tune
     assert code_closure("pipeline.fetch") >= {"pipeline/sampling.py", "pipeline/errors.py"}
+
+
+def test_analysis_is_outside_what_the_data_training_and_tuning_stages_import() -> None:
+    analysis = {str(path.relative_to(ROOT)) for path in (ROOT / "pipeline/analysis").glob("*.py")}
+    assert "pipeline/analysis/summary.py" in analysis
+    analysis_only = analysis | {"pipeline/compare.py", "pipeline/ablation.py"}
+    for stage in ("fetch", "normalize", "tune", "train", "evaluate"):
+        closure = code_closure(f"pipeline.{stage}")
+        assert not closure & analysis_only, f"{stage} imports {sorted(closure & analysis_only)}"
+    # What only evaluate uses (its confusion figure) stays out of training and tuning too.
+    for stage in ("tune", "train"):
+        assert "pipeline/evaluate.py" not in code_closure(f"pipeline.{stage}")
+    # The data stages load neither TensorFlow's side of the project nor MLflow's.
+    for stage in ("fetch", "normalize"):
+        heavy = {"pipeline/training.py", "pipeline/tracking.py", "pipeline/probes.py"}
+        assert not code_closure(f"pipeline.{stage}") & heavy

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from pipeline.datasets import DecodedDataset
 from pipeline.errors import PipelineError
 from pipeline.fetch import fetch_dataset, subset_dataset
 from pipeline.params import DataParams
+from pipeline.records.data import Provenance
 from tests.conftest import Server
 from tests.sources import CIFAR10_CLASSES, write_binary_release, write_class_folder
 
@@ -29,7 +29,7 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def fetch(data: DataParams, tmp_path: Path, seed: int = 0) -> tuple[DecodedDataset, dict[str, Any]]:
+def fetch(data: DataParams, tmp_path: Path, seed: int = 0) -> tuple[DecodedDataset, Provenance]:
     """fetch_dataset with the download cache inside tmp_path."""
     return fetch_dataset(data, seed, tmp_path / "cache")
 
@@ -40,33 +40,33 @@ def fetch(data: DataParams, tmp_path: Path, seed: int = 0) -> tuple[DecodedDatas
 def test_local_archive_provenance_records_its_checksum_and_counts(tmp_path: Path) -> None:
     path = write_binary_release(tmp_path / "src", 3, 2)
     dataset, provenance = fetch(DataParams(source=str(path)), tmp_path)
-    assert provenance["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert provenance["source"] == str(path)
-    assert provenance["location"] == str(path.resolve())
-    assert provenance["format"] == "cifar10-binary" and provenance["container"] == "tar"
-    assert provenance["url"] is None and provenance["md5_verified"] is None
-    assert provenance["counts"]["train"] == dict.fromkeys(CIFAR10_CLASSES, 3)
-    assert provenance["counts"]["test"] == dict.fromkeys(CIFAR10_CLASSES, 2)
-    assert provenance["total"] == {"train": 30, "test": 20}
-    assert provenance["class_names"] == list(CIFAR10_CLASSES)
-    assert provenance["subset"] is None
+    assert provenance.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert provenance.source == str(path)
+    assert provenance.location == str(path.resolve())
+    assert provenance.format == "cifar10-binary" and provenance.container == "tar"
+    assert provenance.url is None and provenance.md5_verified is None
+    assert provenance.counts["train"] == dict.fromkeys(CIFAR10_CLASSES, 3)
+    assert provenance.counts["test"] == dict.fromkeys(CIFAR10_CLASSES, 2)
+    assert provenance.total == {"train": 30, "test": 20}
+    assert provenance.class_names == list(CIFAR10_CLASSES)
+    assert provenance.subset is None
     assert dataset.x_train.shape == (30, 32, 32, 3)
 
 
 def test_folder_checksum_covers_names_and_bytes(tmp_path: Path) -> None:
     folder = write_class_folder(tmp_path / "src", "folder")
     data = DataParams(source=str(folder))
-    first = fetch(data, tmp_path)[1]["sha256"]
-    assert fetch(data, tmp_path)[1]["sha256"] == first
+    first = fetch(data, tmp_path)[1].sha256
+    assert fetch(data, tmp_path)[1].sha256 == first
     image = folder / "train" / "cat" / "00003.png"
     original = image.read_bytes()
     image.write_bytes(original + b"\0")
-    assert fetch(data, tmp_path)[1]["sha256"] != first
+    assert fetch(data, tmp_path)[1].sha256 != first
     image.write_bytes(original)
     image.rename(image.with_name("00003b.png"))
     provenance = fetch(data, tmp_path)[1]
-    assert provenance["sha256"] != first
-    assert provenance["container"] == "folder" and provenance["format"] == "class-folder"
+    assert provenance.sha256 != first
+    assert provenance.container == "folder" and provenance.format == "class-folder"
 
 
 def test_relative_and_home_paths_are_resolved(
@@ -75,10 +75,10 @@ def test_relative_and_home_paths_are_resolved(
     path = write_class_folder(tmp_path / "data", "zip")
     monkeypatch.chdir(tmp_path)
     provenance = fetch(DataParams(source="data/cifar10-small.zip"), tmp_path)[1]
-    assert provenance["location"] == str(path.resolve())
+    assert provenance.location == str(path.resolve())
     monkeypatch.setenv("HOME", str(tmp_path / "data"))
     provenance = fetch(DataParams(source="~/cifar10-small.zip"), tmp_path)[1]
-    assert provenance["location"] == str(path.resolve())
+    assert provenance.location == str(path.resolve())
 
 
 def test_missing_local_source_says_what_to_fix(tmp_path: Path) -> None:
@@ -94,10 +94,10 @@ def test_subset_is_stratified_seeded_and_keeps_order(tmp_path: Path) -> None:
     full, _ = fetch(DataParams(source=str(path)), tmp_path)
     data = DataParams(source=str(path), subset=20)
     dataset, provenance = fetch(data, tmp_path, seed=3)
-    assert provenance["counts"]["train"] == dict.fromkeys(CIFAR10_CLASSES, 2)
-    assert provenance["total"] == {"train": 20, "test": 20}
-    assert provenance["source_total"] == {"train": 60, "test": 40}
-    assert provenance["subset"] == 20
+    assert provenance.counts["train"] == dict.fromkeys(CIFAR10_CLASSES, 2)
+    assert provenance.total == {"train": 20, "test": 20}
+    assert provenance.source_total == {"train": 60, "test": 40}
+    assert provenance.subset == 20
     # Every kept image is the original one at an increasing position.
     flat = full.x_train.reshape(len(full.x_train), -1)
     positions = [
@@ -133,9 +133,9 @@ def test_official_download_is_verified_and_cached(server: Server, tmp_path: Path
     dataset, provenance = fetch(data, tmp_path)
     cached = tmp_path / "cache" / "cifar-10-binary.tar.gz"
     assert cached.read_bytes() == (server.root / "cifar-10-binary.tar.gz").read_bytes()
-    assert provenance["url"] == data.url and provenance["md5_verified"] == data.md5
-    assert provenance["location"] == str(cached.resolve())
-    assert provenance["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
+    assert provenance.url == data.url and provenance.md5_verified == data.md5
+    assert provenance.location == str(cached.resolve())
+    assert provenance.sha256 == hashlib.sha256(cached.read_bytes()).hexdigest()
     assert len(dataset.y_train) == 20
     assert len(server.requests) == 1
     fetch(data, tmp_path)
@@ -166,7 +166,7 @@ def test_other_urls_are_downloaded_without_md5(server: Server, tmp_path: Path) -
     archive = write_class_folder(server.root, "zip")
     data = DataParams(source=f"{server.url}/{archive.name}", md5="0" * 32)
     dataset, provenance = fetch(data, tmp_path)
-    assert provenance["md5_verified"] is None and provenance["format"] == "class-folder"
+    assert provenance.md5_verified is None and provenance.format == "class-folder"
     assert (tmp_path / "cache" / archive.name).read_bytes() == archive.read_bytes()
     fetch(data, tmp_path)
     assert len(server.requests) == 2, "an unverifiable copy is downloaded afresh"

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline import names, tracking
 from pipeline.files import write_json
-from tests.conftest import PROJECT_ROOT, project_environment
+from tests.conftest import project_environment, small_values
 from tests.sources import write_class_folder
 
 
@@ -34,11 +34,11 @@ def test_runs_left_running_by_dead_processes_are_marked_killed(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = tracking.connect("interrupted")
     client = MlflowClient()
-    here = tracking.process_tags()[tracking.HOST_TAG]
+    here = tracking.process_tags()[names.HOST_TAG]
     owners = {
-        "dead here": {tracking.HOST_TAG: here, tracking.PID_TAG: str(dead_pid())},
-        "alive here": {tracking.HOST_TAG: here, tracking.PID_TAG: str(os.getpid())},
-        "elsewhere": {tracking.HOST_TAG: "another-machine", tracking.PID_TAG: str(dead_pid())},
+        "dead here": {names.HOST_TAG: here, names.PID_TAG: str(dead_pid())},
+        "alive here": {names.HOST_TAG: here, names.PID_TAG: str(os.getpid())},
+        "elsewhere": {names.HOST_TAG: "another-machine", names.PID_TAG: str(dead_pid())},
     }
     runs = {
         name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
@@ -66,23 +66,22 @@ EPOCHS = 12
 def training_folder(root: Path, resume: bool = False) -> Path:
     """A folder with params.yaml and the fetch and normalize outputs of a tiny dataset."""
     root.mkdir()
-    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    values["data"].update(source="cifar10-small.tar.gz", val_fraction=0.2)
-    values["train"].update(epochs=EPOCHS, batch_size=8, resume=resume)
-    values["mlflow"]["log_model"] = False
+    values = small_values(
+        data={"source": "cifar10-small.tar.gz"},
+        train={"epochs": EPOCHS, "resume": resume},
+        mlflow={"log_model": False},
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     write_class_folder(root, "tar.gz", per_class_train=3, per_class_test=1)
     for stage in ("fetch", "normalize", "tune"):
         command = ["pipeline.tune", "bn"] if stage == "tune" else [f"pipeline.{stage}"]
-        subprocess.run([sys.executable, "-m", *command], cwd=root, env=stage_env(root), check=True)
+        subprocess.run(
+            [sys.executable, "-m", *command],
+            cwd=root,
+            env=project_environment(root=root),
+            check=True,
+        )
     return root
-
-
-def stage_env(root: Path) -> dict[str, str]:
-    return {
-        **project_environment({"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}),
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
 
 
 def train(root: Path) -> subprocess.CompletedProcess[str]:
@@ -90,7 +89,7 @@ def train(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.train", "bn"],
         cwd=root,
-        env=stage_env(root),
+        env=project_environment(root=root),
         capture_output=True,
         text=True,
         check=True,
@@ -102,7 +101,7 @@ def train_until_epoch(root: Path, epoch: int, signum: int) -> subprocess.Complet
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", "bn"],
         cwd=root,
-        env=stage_env(root),
+        env=project_environment(root=root),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

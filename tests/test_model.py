@@ -26,6 +26,7 @@ from pipeline.params import (
     SpeedParams,
     TrainParams,
 )
+from pipeline.records.data import NormalizationStats
 from pipeline.training import compiled_model
 
 
@@ -103,7 +104,7 @@ def test_models_train_with_fused_batch_norm_and_export_stock_layers() -> None:
     stock = build_model(ModelSettings(batch_norm=True), speed=SpeedParams(fused_batch_norm=False))
     assert isinstance(fused.get_layer("conv1_bn"), FusedBatchNormalization)
     assert not isinstance(stock.get_layer("conv1_bn"), FusedBatchNormalization)
-    stats = {"method": "scale", "scale": 1 / 255}
+    stats = NormalizationStats(method="scale", scale=1 / 255)
     exported = export_model(fused, stats)
     inner = [layer for layer in exported.layers if isinstance(layer, keras.Model)]
     assert len(inner) == 1
@@ -163,7 +164,7 @@ def test_a_model_trained_with_the_article_optimizer_exports_and_loads_without_pr
 ) -> None:
     settings = TrainParams(batch_norm=True, rmsprop_epsilon="outside_sqrt")
     core = compiled_model(settings)  # compiled with RMSpropEpsilonOutside, as training leaves it
-    stats = {"method": "scale", "scale": 1 / 255}
+    stats = NormalizationStats(method="scale", scale=1 / 255)
     export_model(core, stats).save(tmp_path / "model.keras")
     # A fresh interpreter with Keras only, as the evaluate stage and MLflow users load it.
     check = (

@@ -37,14 +37,14 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
 
 def test_standardize_uses_training_split_only() -> None:
     arrays, report = prepare(raw_dataset(), NormalizeParams(method="standardize"), 0.1, seed=0)
-    moments = report["normalized_moments"]
+    moments = report.normalized_moments
     assert np.allclose(moments["train"]["mean"], 0, atol=1e-3)
     assert np.allclose(moments["train"]["std"], 1, atol=1e-3)
     # Test images are brighter by construction: had their statistics leaked in, they'd be ~0.
     assert min(moments["test"]["mean"]) > 0.5
     assert moments["val"]["mean"] != moments["train"]["mean"]
     assert arrays["x_train"].dtype == np.float32
-    assert report["counts"] == {"train": 360, "val": 40, "test": 100}
+    assert report.counts == {"train": 360, "val": 40, "test": 100}
     assert np.bincount(arrays["y_val"]).tolist() == [4] * 10
 
 
@@ -53,8 +53,9 @@ def test_stats_equal_numpy_on_the_training_split() -> None:
     keep, _ = stratified_split(raw["y_train"], 0.1, seed=0)
     stats = compute_stats(raw["x_train"][keep], NormalizeParams(method="standardize"))
     expected = raw["x_train"][keep].reshape(-1, 3).astype(np.float64)
-    assert np.allclose(stats["mean"], expected.mean(axis=0))
-    assert np.allclose(stats["std"], expected.std(axis=0))
+    assert stats.mean is not None and stats.std is not None
+    assert np.allclose(stats.mean, expected.mean(axis=0))
+    assert np.allclose(stats.std, expected.std(axis=0))
 
 
 def test_scale_divides_by_255() -> None:
@@ -78,5 +79,5 @@ def test_a_zero_val_fraction_keeps_every_training_image() -> None:
     raw = raw_dataset()
     arrays, report = prepare(raw, NormalizeParams(method="standardize"), 0.0, seed=0)
     assert len(arrays["y_train"]) == len(raw["y_train"]) and len(arrays["y_val"]) == 0
-    assert report["counts"]["val"] == 0 and "val" not in report["normalized_moments"]
-    assert np.allclose(report["normalized_moments"]["train"]["mean"], 0, atol=1e-4)
+    assert report.counts["val"] == 0 and "val" not in report.normalized_moments
+    assert np.allclose(report.normalized_moments["train"]["mean"], 0, atol=1e-4)

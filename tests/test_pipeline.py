@@ -7,24 +7,18 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
-import mlflow
 import numpy as np
 import pytest
-import yaml
-from mlflow import MlflowClient
 from scipy import stats
 
-from pipeline.files import array_digest
 from pipeline.layout import variant_files
 from pipeline.params import load_params
-from pipeline.training import device_description
-from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command
+from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command, runs_by_name
+from tools.stage_deps import code_closure
 
 VARIANTS = ("plain", "bn")
 PER_EPOCH_METRICS = (
@@ -54,20 +48,6 @@ def reproduced(project: Path) -> Path:
     return project
 
 
-def client_for(repo: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
-
-
-def runs_by_name(repo: Path) -> dict[str, list[mlflow.entities.Run]]:
-    client = client_for(repo)
-    experiment = client.get_experiment_by_name("bn-cifar10")
-    assert experiment is not None
-    runs: dict[str, list[mlflow.entities.Run]] = {}
-    for run in client.search_runs([experiment.experiment_id], order_by=["start_time ASC"]):
-        runs.setdefault(run.info.run_name, []).append(run)
-    return runs
-
-
 def test_repro_writes_every_declared_output(reproduced: Path) -> None:
     params = load_params(reproduced / "params.yaml")
     for variant in VARIANTS:
@@ -88,7 +68,7 @@ def test_repro_writes_every_declared_output(reproduced: Path) -> None:
     summary = (reproduced / "comparison" / "summary.md").read_text()
     assert "| plain | 42 |" in summary and "| bn | 42 |" in summary
     report = (reproduced / "reports/report.html").read_text()
-    assert report.count("data:image/png;base64,") == 6
+    assert report.count("data:image/png;base64,") == 7
     assert "<td>bn</td>" in report
 
 
@@ -135,111 +115,11 @@ def test_metrics_and_plots_are_readable_by_dvc(reproduced: Path) -> None:
     assert all(float(row["grad_norm"]) > 0 for row in layers)
 
 
-def test_mlflow_store_has_one_tracked_run_per_variant(reproduced: Path) -> None:
-    runs = runs_by_name(reproduced)
-    client = client_for(reproduced)
-    experiment = client.get_experiment_by_name("bn-cifar10")
-    assert experiment is not None
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    for variant in VARIANTS:
-        (run,) = runs[f"{variant}-42"]
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["variant"] == variant
-        assert run.data.tags["device"] == device_description()
-        assert len(run.data.tags["dataset_digest"]) == 64
-        assert run.data.params["train.batch_norm"] == str(variant == "bn")
-        assert run.data.params["train.learning_rate"] == "0.001"
-        assert run.data.params["train.augmentation.shear_degrees"] == "11.3"
-        for metric in (*PER_EPOCH_METRICS, *PROBE_METRICS):
-            history = client.get_metric_history(run.info.run_id, metric)
-            assert [point.step for point in history] == [1, 2], metric
-        assert 0 < run.data.metrics["speed/probe_overhead"] < 1
-        assert "test_accuracy" in run.data.metrics
-        assert "test_class_accuracy/airplane" in run.data.metrics
-        artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-        assert {
-            "history.csv",
-            "learning_curves.png",
-            "probes.csv",
-            "preactivations.json",
-            "test_metrics.json",
-            "confusion.png",
-        } <= artifacts
-    (compare,) = runs["compare"]
-    assert compare.data.tags["run.bn-42"] == runs["bn-42"][0].info.run_id
-
-
-def test_dataset_inputs_describe_the_arrays_each_run_used(reproduced: Path) -> None:
-    prepared = np.load(reproduced / "data/prepared/cifar10.npz")
-    raw = np.load(reproduced / "data/raw/cifar10.npz")
-    expected = {
-        "training": (prepared["x_train"], prepared["y_train"]),
-        "validation": (prepared["x_val"], prepared["y_val"]),
-        "evaluation": (raw["x_test"], raw["y_test"]),
-    }
-    (run,) = runs_by_name(reproduced)["plain-42"]
-    assert run.inputs is not None
-    inputs = {item.tags[0].value: item.dataset for item in run.inputs.dataset_inputs if item.tags}
-    assert set(inputs) == set(expected)
-    for context, (x, y) in expected.items():
-        dataset = inputs[context]
-        assert dataset.digest == array_digest(x, y)[:32], context
-        assert json.loads(dataset.profile or "{}").get("features_shape") == list(x.shape), context
-    # One image fewer in the split is another digest.
-    x, y = expected["training"]
-    assert inputs["training"].digest != array_digest(x[1:], y[1:])[:32]
-
-
-def test_the_logged_model_loads_by_its_id_and_predicts_like_the_keras_file(
-    reproduced: Path,
-) -> None:
-    mlflow.set_tracking_uri(f"sqlite:///{reproduced / 'mlflow.db'}")
-    (run,) = runs_by_name(reproduced)["bn-42"]
-    model_id = json.loads((reproduced / "results/bn-42/mlflow_run.json").read_text())["model_id"]
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'",
-        output_format="list",
-    )
-    assert [model.model_id for model in models] == [model_id]
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_id}")
-    images = np.load(reproduced / "data/raw/cifar10.npz")["x_test"][:5]
-    assert images.dtype == np.uint8
-    from_mlflow = np.asarray(pyfunc.predict(images))
-    from_file = keras.models.load_model(reproduced / "models/bn-42.keras").predict(
-        images, verbose=0
-    )
-    assert from_mlflow.shape == (5, 10)
-    assert np.allclose(from_mlflow, from_file, atol=1e-5)
-
-
-def test_diverging_training_fails_and_marks_the_run_failed(reproduced: Path) -> None:
-    elsewhere = reproduced / "diverging"
-    (elsewhere / "results/plain").mkdir(parents=True)
-    (elsewhere / "results/plain/tuned.json").write_text('{"learning_rate": 1e6, "source": "test"}')
-    params_file = elsewhere / "params.yaml"
-    values = yaml.safe_load((reproduced / "params.yaml").read_text())
-    values["paths"].update(results=str(elsewhere / "results"), models=str(elsewhere / "models"))
-    values["variants"]["plain"].update(optimizer="rmsprop", activation="relu")
-    params_file.write_text(yaml.safe_dump(values))
-    result = run_command(
-        [sys.executable, "-m", "pipeline.train", "plain", "--params", str(params_file)],
-        reproduced,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert "error: training diverged: loss became nan" in result.stderr
-    assert not (elsewhere / "models").exists()
-    failed = [run for run in runs_by_name(reproduced)["plain-42"] if run.info.status == "FAILED"]
-    assert len(failed) == 1
-    shutil.rmtree(elsewhere)
-
-
 def test_a_second_seed_adds_only_its_own_runs_and_the_spread(
     reproduced: Path, tmp_path: Path
 ) -> None:
     copy = tmp_path / "two-seeds"
-    shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("diverging"))
+    shutil.copytree(reproduced, copy)
     edit_params(copy, lambda values: values.update(seeds=[42, 7]))
     stages = dvc(copy, "stage", "list", "--name-only").stdout.split()
     assert {"train@plain-7", "train@bn-42", "evaluate@bn-7"} <= set(stages)
@@ -304,7 +184,7 @@ def test_a_failed_repro_then_checkout_restores_the_workspace_byte_for_byte(
     message: str,
 ) -> None:
     copy = tmp_path / "committed"
-    shutil.copytree(reproduced, copy, ignore=shutil.ignore_patterns("diverging"))
+    shutil.copytree(reproduced, copy)
     archive = (copy / "fixture/cifar10-small.tar.gz").read_bytes()
     (copy / "fixture/truncated.tar.gz").write_bytes(archive[: len(archive) // 2])
     run_command(["git", "add", "-A"], copy)
@@ -320,3 +200,36 @@ def test_a_failed_repro_then_checkout_restores_the_workspace_byte_for_byte(
     dvc(copy, "checkout")
     assert workspace(copy) == before
     assert "up to date" in dvc(copy, "status").stdout
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """The stages `dvc status` reports as changed."""
+    return set(json.loads(dvc(repo, "status", "--json").stdout or "{}"))
+
+
+def test_an_edit_reruns_only_the_stages_that_import_the_module(reproduced: Path) -> None:
+    """The import graph's rule, seen through DVC: analysis code reruns `compare` alone (or no
+    stage, where only `pipeline.ablation` imports it), the learning-curve figure only training,
+    the confusion figure only evaluation."""
+    analysis = sorted((reproduced / "pipeline/analysis").glob("*.py"))
+    assert len(analysis) >= 8
+    compared = code_closure("pipeline.compare", reproduced)
+    trains = {f"train@{variant}-42" for variant in ("plain", "bn")}
+    expected = {
+        **{
+            path: {"compare"} if str(path.relative_to(reproduced)) in compared else set()
+            for path in analysis
+        },
+        reproduced / "pipeline/compare.py": {"compare"},
+        reproduced / "pipeline/train.py": trains,
+        reproduced / "pipeline/evaluate.py": {f"evaluate@{v}-42" for v in ("plain", "bn")},
+    }
+    assert changed_stages(reproduced) == set()
+    for path, stages in expected.items():
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            assert changed_stages(reproduced) == stages, path.name
+        finally:
+            path.write_text(original)
+    assert changed_stages(reproduced) == set()

@@ -10,16 +10,13 @@ import pytest
 
 from pipeline.model import build_model
 from pipeline.params import TrainParams
-from pipeline.probes import (
-    PREACTIVATION_FIELDS,
-    LayerProbe,
-    ProbeCallback,
-    fixed_batch,
+from pipeline.probe_files import (
     read_preactivations,
     read_probes,
     write_preactivations,
     write_probes,
 )
+from pipeline.probes import PREACTIVATION_FIELDS, LayerProbe, ProbeCallback, fixed_batch
 from pipeline.training import train_model
 from tests.test_train import settings, tiny_data
 

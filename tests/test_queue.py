@@ -16,8 +16,16 @@ from mlflow import MlflowClient
 from scipy import stats
 
 from pipeline.chance import at_chance
-from tests.conftest import dvc, make_project, project_environment, run_command
-from tests.test_pipeline import VARIANTS, client_for, runs_by_name
+from tests.conftest import (
+    client_for,
+    dvc,
+    make_project,
+    project_environment,
+    run_command,
+    runs_by_name,
+)
+
+VARIANTS = ("plain", "bn")
 
 SEEDS = (1, 2)
 

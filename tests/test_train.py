@@ -17,6 +17,7 @@ from pipeline.history import HISTORY_FIELDS, read_history, write_history
 from pipeline.params import SpeedParams, TrainParams
 from pipeline.train import final_metrics
 from pipeline.training import TrainingData, configure_threads, train_model
+from tests.conftest import small_train
 
 
 def tiny_data(seed: int = 0, n: int = 64) -> TrainingData:
@@ -28,7 +29,8 @@ def tiny_data(seed: int = 0, n: int = 64) -> TrainingData:
 
 
 def settings(**changes: object) -> TrainParams:
-    return TrainParams(epochs=2, batch_size=16).model_copy(update=changes)
+    """The small training settings at batch 16: 4 steps per epoch of tiny_data."""
+    return small_train(**{"batch_size": 16, **changes})
 
 
 def test_history_has_every_field_per_epoch(tmp_path) -> None:
@@ -45,8 +47,8 @@ def test_history_has_every_field_per_epoch(tmp_path) -> None:
     assert result.history[-1]["val_accuracy"] == pytest.approx(accuracy)
     assert result.history[-1]["val_loss"] == pytest.approx(loss, rel=1e-5)
     metrics = final_metrics(result, 1e-3)
-    assert metrics["epochs"] == 2
-    assert metrics["best_val_accuracy"] == max(row["val_accuracy"] for row in result.history)
+    assert metrics.epochs == 2
+    assert metrics.best_val_accuracy == max(row["val_accuracy"] for row in result.history)
     write_history(tmp_path / "history.csv", result.history)
     assert read_history(tmp_path / "history.csv") == result.history
 

@@ -18,6 +18,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from pipeline import training
 from pipeline.errors import PipelineError
 from pipeline.files import read_json, write_npz
 from pipeline.params import Params
@@ -35,7 +36,7 @@ from pipeline.tuning.storage import (
 )
 from pipeline.tuning.summary import StudySummary
 from pipeline.tuning.worker import no_learning_advice, run_study
-from tests.conftest import PROJECT_ROOT, dvc, make_project, project_environment
+from tests.conftest import dvc, make_project, project_environment, small_values
 
 VARIANT = "plain"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -57,21 +58,17 @@ def tiny_data(n_train: int = 40, n_val: int = 20) -> TrainingData:
 
 
 def tiny_values(**tune: Any) -> dict[str, Any]:
-    """params.yaml values for a few-second trial: 2 epochs of 32 images, batch 8."""
-    return {
-        "seed": 3,
-        "train": {
-            "batch_size": 8,
-            "epochs": 2,
-            "augmentation": {"shear_degrees": 0.0, "zoom": 0.0, "horizontal_flip": False},
-        },
+    """The small params (2 epochs, batch 8) for a few-second trial of 32 images."""
+    return small_values(
+        seed=3,
+        train={"augmentation": {"shear_degrees": 0.0, "zoom": 0.0, "horizontal_flip": False}},
         # relu + Adam learns the colours in two epochs of 4 steps (sigmoid, or BatchNormalization
         # with its moving statistics barely updated, stays at chance there): studies rank rates.
-        "variants": {VARIANT: {"batch_norm": False, "activation": "relu", "optimizer": "adam"}},
+        variants={VARIANT: {"batch_norm": False, "activation": "relu", "optimizer": "adam"}},
         # No pruner unless a test sets one: three trials then complete, whatever their rates.
         # Nor a first trial at train.learning_rate unless a test asks: trials are the ones
         # a test enqueues or the sampler draws.
-        "tune": {
+        tune={
             "n_trials": 3,
             "subset": 32,
             "lr_low": 1e-4,
@@ -80,7 +77,7 @@ def tiny_values(**tune: Any) -> dict[str, Any]:
             "pruner": {"kind": "none"},
             **tune,
         },
-    }
+    )
 
 
 def tiny_params(**tune: Any) -> Params:
@@ -103,14 +100,6 @@ def write_project(root: Path, **tune: Any) -> Path:
         class_names=np.array([f"class{index}" for index in range(10)]),
     )
     return root
-
-
-def environment(mlflow_db: Path) -> dict[str, str]:
-    """The environment of a stage subprocess, logging to `mlflow_db`."""
-    env = project_environment()
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{mlflow_db}"
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
-    return env
 
 
 @pytest.fixture
@@ -156,7 +145,7 @@ def test_tuning_off_passes_the_rate_through_without_tensorflow(tmp_path: Path) -
     result = subprocess.run(
         [sys.executable, "-c", check],
         cwd=tmp_path,
-        env=environment(tmp_path / "mlflow.db"),
+        env=project_environment(root=tmp_path),
         capture_output=True,
         text=True,
     )
@@ -176,7 +165,7 @@ def test_tuning_on_the_test_set_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.tune", VARIANT],
         cwd=tmp_path,
-        env=environment(tmp_path / "mlflow.db"),
+        env=project_environment(root=tmp_path),
         capture_output=True,
         text=True,
     )
@@ -291,15 +280,45 @@ def test_a_crashing_trial_fails_and_the_study_goes_on(
     monkeypatch.setattr(tuning_objective, "train_model", crash_first)
     params, data = tiny_params(), tiny_data()
     storage = storage_url(None)
-    summary = run_study(params, VARIANT, data, 1, storage, FAST)
+    summary = run_study(params, VARIANT, data, 1, storage, heartbeat=FAST)
     assert (summary.complete, summary.failed) == (1, 1)
     study = load(storage, params, data)
     assert states(study) == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[0].user_attrs["error"] == "RuntimeError: out of memory"
 
     with pytest.raises(PipelineError, match="3 trials in a row failed.*out of memory"):
-        run_study(params, VARIANT, data, 2, storage, FAST)
+        run_study(params, VARIANT, data, 2, storage, heartbeat=FAST)
     assert states(study)[2:] == [TrialState.FAIL] * 3
+
+
+def test_an_op_without_a_deterministic_kernel_stops_the_study_with_that_error(
+    stores: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a divergence prunes a trial: TensorFlow's refusal of a non-deterministic op (met
+    on GPUs) reaches the user as the message that names the fix, after the first trial."""
+    import tensorflow as tf
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        with training.deterministic_kernels_required(True):
+            raise tf.errors.UnimplementedError(
+                None, None, "A deterministic GPU implementation of SomeOp is not available."
+            )
+
+    monkeypatch.setattr(tuning_objective, "train_model", refused)
+    params, data = tiny_params(), tiny_data()
+    storage = storage_url(None)
+    with pytest.raises(PipelineError, match=r"no deterministic kernel.*train.deterministic: false"):
+        run_study(params, VARIANT, data, 3, storage, heartbeat=FAST)
+    study = load(storage, params, data)
+    assert states(study) == [TrialState.FAIL]  # not PRUNED as "diverged", and only one trial
+    assert "diverged" not in study.trials[0].user_attrs
+
+
+def test_a_trial_rate_is_validated_like_params_yaml() -> None:
+    settings = trial_settings(tiny_params(), VARIANT)
+    assert settings.with_learning_rate(0.02).learning_rate == 0.02
+    with pytest.raises(PipelineError, match=r"learning rate -1.*greater than 0"):
+        settings.with_learning_rate(-1.0)
 
 
 # --- one study through the stage ----------------------------------------------------------
@@ -508,7 +527,7 @@ def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(stores: Path)
     )
     study.enqueue_trial({"learning_rate": 1e6})
     study.enqueue_trial({"learning_rate": 1e-2})
-    summary = run_study(params, VARIANT, data, 2, storage, FAST)
+    summary = run_study(params, VARIANT, data, 2, storage, heartbeat=FAST)
     diverged, fine = study.trials
     assert diverged.state == TrialState.PRUNED
     assert "training diverged: loss became nan" in diverged.user_attrs["diverged"]
@@ -524,7 +543,7 @@ def test_median_pruner_stops_a_hopeless_trial(stores: Path) -> None:
     study = load_or_create(storage, params, data)
     study.enqueue_trial({"learning_rate": 1e-3})  # val_accuracy 0.6 after one epoch
     study.enqueue_trial({"learning_rate": 1e-9})  # learns nothing: below the median
-    run_study(params, VARIANT, data, 2, storage, FAST)
+    run_study(params, VARIANT, data, 2, storage, heartbeat=FAST)
     good, hopeless = study.trials
     assert good.state == TrialState.COMPLETE
     assert hopeless.state == TrialState.PRUNED
@@ -542,7 +561,7 @@ def test_successive_halving_stops_losers_early_and_counts_the_epochs(stores: Pat
     study = load_or_create(storage, params, data)
     for rate in (1e-3, 1e-9, 1e-8):  # one that learns, two that stay at chance
         study.enqueue_trial({"learning_rate": rate})
-    summary = run_study(params, VARIANT, data, 3, storage, FAST)
+    summary = run_study(params, VARIANT, data, 3, storage, heartbeat=FAST)
     learns, *hopeless = study.trials
     assert learns.state == TrialState.COMPLETE and sorted(learns.intermediate_values) == [1, 2, 3]
     # The first rung is after 1 epoch; half the trials that reach it go on.
@@ -566,7 +585,7 @@ def test_the_first_trial_trains_the_untuned_rate_in_full(stores: Path) -> None:
     study = load_or_create(storage, params, data)
     for rate in (1e-3, 1e-8):  # one that learns, one that stays at chance
         study.enqueue_trial({"learning_rate": rate})
-    summary = run_study(params, VARIANT, data, 3, storage, FAST)
+    summary = run_study(params, VARIANT, data, 3, storage, heartbeat=FAST)
     untuned, learns, hopeless = study.trials
     assert untuned.params["learning_rate"] == pytest.approx(1e-9)
     assert untuned.state == TrialState.COMPLETE
@@ -574,7 +593,7 @@ def test_the_first_trial_trains_the_untuned_rate_in_full(stores: Path) -> None:
     assert learns.state == TrialState.COMPLETE
     assert hopeless.state == TrialState.PRUNED
     assert summary.best_learning_rate == pytest.approx(1e-3)
-    run_study(params, VARIANT, data, 4, storage, FAST)
+    run_study(params, VARIANT, data, 4, storage, heartbeat=FAST)
     rates = [trial.params["learning_rate"] for trial in study.trials]
     assert len(rates) == 4 and rates.count(rates[0]) == 1
 
@@ -610,7 +629,7 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(
 
     real_train_model = tuning_objective.train_model
     monkeypatch.setattr(tuning_objective, "train_model", fail_it_meanwhile)
-    summary = run_study(params, VARIANT, data, 1, storage, FAST)
+    summary = run_study(params, VARIANT, data, 1, storage, heartbeat=FAST)
     assert (summary.complete, summary.failed, summary.abandoned) == (1, 0, 1)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(params.mlflow.experiment)
@@ -642,13 +661,13 @@ def test_a_bn_study_at_chance_says_why_and_what_to_change() -> None:
 def test_an_interrupted_study_resumes_to_the_requested_count(stores: Path) -> None:
     params, data = tiny_params(), tiny_data()
     storage = storage_url(None)
-    assert run_study(params, VARIANT, data, 2, storage, FAST).complete == 2
+    assert run_study(params, VARIANT, data, 2, storage, heartbeat=FAST).complete == 2
     # A worker killed mid-trial leaves a RUNNING trial with no heartbeat behind.
     study = load_or_create(storage, params, data)
     study.ask()
     time.sleep(1.5)
     resumed = run_study(
-        params, VARIANT, data, 3, storage, Heartbeat(interval_seconds=1, grace_seconds=1)
+        params, VARIANT, data, 3, storage, heartbeat=Heartbeat(interval_seconds=1, grace_seconds=1)
     )
     # The stale trial is FAIL but no failure of training: abandoned, and run again.
     assert (resumed.complete, resumed.failed, resumed.abandoned) == (3, 0, 1)
@@ -662,7 +681,7 @@ def test_an_interrupted_study_resumes_to_the_requested_count(stores: Path) -> No
     rates = [trial.params["learning_rate"] for trial in trials if trial.state in FINISHED]
     assert len(set(rates)) == 3  # no finished trial was repeated
     # Asking again for 3 finished trials runs nothing.
-    assert run_study(params, VARIANT, data, 3, storage, FAST).complete == 3
+    assert run_study(params, VARIANT, data, 3, storage, heartbeat=FAST).complete == 3
     assert len(study.get_trials(deepcopy=False)) == 4
 
 
@@ -683,7 +702,7 @@ def test_parallel_workers_share_one_study(tmp_path: Path) -> None:
         "--storage",
         f"journal:{journal}",
     ]
-    env = environment(tmp_path / "mlflow.db")
+    env = project_environment(root=tmp_path)
     workers = [
         subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import optuna
 
-from pipeline.errors import PipelineError
+from pipeline.errors import TrainingDiverged
 from pipeline.params import TrainParams, TuneParams
 from pipeline.training import TrainingData, train_model
 from pipeline.tuning.spec import OBJECTIVE, PARAM
@@ -56,7 +56,7 @@ class Objective:
     def __call__(self, trial: optuna.trial.BaseTrial, callbacks: list[Any] | None = None) -> float:
         """Train and return the validation accuracy; raises optuna.TrialPruned when pruned."""
         learning_rate = trial.suggest_float(PARAM, self.tune.lr_low, self.tune.lr_high, log=True)
-        settings = self.settings.model_copy(update={PARAM: learning_rate})
+        settings = self.settings.with_learning_rate(learning_rate)
         try:
             # Keep only the history: the model must be unreferenced when the session clears.
             result = train_model(
@@ -64,9 +64,10 @@ class Objective:
             )
             history = result.history
             del result
-        except PipelineError as error:
-            # train_model's divergence check: a learning rate that blows the loss up is a
-            # bad result, not a crash; PRUNED tells the sampler to avoid it (FAIL would not).
+        except TrainingDiverged as error:
+            # A learning rate that blows the loss up is a bad result, not a crash; PRUNED
+            # tells the sampler to avoid it (FAIL would not). Any other error of training
+            # (no deterministic kernel on this GPU, say) fails the trial and reaches the user.
             trial.set_user_attr("diverged", str(error))
             raise optuna.TrialPruned(f"diverged: {error}") from error
         finally:

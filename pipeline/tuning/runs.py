@@ -17,9 +17,9 @@ from mlflow.entities import Metric, Param
 from optuna.trial import TrialState
 
 from pipeline import tracking
-from pipeline.figures import save
 from pipeline.mlflow_callbacks import MlflowEpochMetrics
 from pipeline.params import Params
+from pipeline.png import save
 from pipeline.tuning.spec import PARAM, StudySpec, pruner_settings
 from pipeline.tuning.storage import describe_storage, storage_kind
 from pipeline.tuning.summary import StudySummary
@@ -31,8 +31,16 @@ class TuningRuns:
     """The MLflow runs of one worker session: a parent run, opened at the session's first
     trial, and one nested child run per trial."""
 
-    def __init__(self, params: Params, spec: StudySpec, storage: str, n_trials: int) -> None:
+    def __init__(
+        self,
+        params: Params,
+        spec: StudySpec,
+        storage: str,
+        n_trials: int,
+        tracking_uri: str | None = None,
+    ) -> None:
         self.params = params
+        self.tracking_uri = tracking_uri
         self.spec = spec
         self.storage = storage
         self.n_trials = n_trials
@@ -54,7 +62,7 @@ class TuningRuns:
     def parent(self) -> tuple[MlflowClient, str]:
         """The session's parent run, created on first use."""
         if self.client is None or self.parent_id is None:
-            self.experiment_id = tracking.connect(self.params.mlflow.experiment)
+            self.experiment_id = tracking.connect(self.params.mlflow.experiment, self.tracking_uri)
             self.client = MlflowClient()
             run = self.client.create_run(
                 self.experiment_id, run_name=f"tune-{self.spec.variant}", tags=self._tags()

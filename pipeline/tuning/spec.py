@@ -18,22 +18,16 @@ from typing import Any
 import optuna
 
 from pipeline.errors import PipelineError
-from pipeline.params import Params, TrainParams, TuneParams
+from pipeline.params import Params, TrainParams, TuneParams, same_result_fields
 
 PARAM = "learning_rate"
 OBJECTIVE = "val_accuracy"  # after the last epoch: the study maximizes it
 PRUNING_VALUE = "exp(-val_loss)"  # after each epoch: the pruner compares it (higher is better)
 
-# Training settings that do not change what a trial scores: the searched rate, and how a run
-# is resourced, probed or checkpointed. Changing them continues the same study.
-NOT_A_TRIAL_OUTCOME: dict[str, Any] = {
-    "learning_rate": True,
-    "resume": True,
-    "probe": True,
-    # Threads and steps per call into TensorFlow: the same steps, the same weights
-    # (tests/test_train.py::test_steps_per_execution_trains_the_same_weights).
-    "speed": {"intra_op_threads", "inter_op_threads", "steps_per_execution"},
-}
+# Training settings that do not change what a trial scores: the searched rate, and those
+# params.py marks SAME_RESULT (how a run is resourced, probed or checkpointed). Changing them
+# continues the same study.
+NOT_A_TRIAL_OUTCOME: dict[str, Any] = {PARAM: True, **same_result_fields(TrainParams)}
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,14 @@ class Heartbeat:
     grace_seconds: int = 300
 
 
-def storage_url(configured: str | None) -> str:
-    """The storage to use; relative files (journal or SQLite) are anchored at the project root.
+def storage_url(configured: str | None, root: Path | None = None) -> str:
+    """The storage to use; relative files (journal or SQLite) are anchored at `root`, by
+    default the project root.
 
     Anchoring at `project_root()` (DVC_ROOT under `dvc exp run`) puts every experiment,
     queued or not, and every local worker on the same study.
     """
-    root = project_root()
+    root = root or project_root()
     if configured is None:
         return f"{JOURNAL_PREFIX}{root / JOURNAL_FILE}"
     if configured.startswith(JOURNAL_PREFIX):

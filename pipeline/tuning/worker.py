@@ -65,6 +65,9 @@ class TrackedTrial:
         self.heartbeat = heartbeat
         self.last_trial: int | None = None  # the latest trial's number, and its MLflow run
         self.last_run: str | None = None
+        # A user error of training (not a divergence, which prunes): every trial would meet
+        # it again, so the worker stops and the stage reports it as it is.
+        self.user_error: PipelineError | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         # Sampled when the objective suggests the rate, with this trial's own seed.
@@ -79,6 +82,11 @@ class TrackedTrial:
             return value
         except optuna.TrialPruned:
             state, status = TrialState.PRUNED, "FINISHED"
+            raise
+        except PipelineError as error:
+            trial.set_user_attr(ERROR_ATTR, f"{type(error).__name__}: {error}"[:1000])
+            self.user_error = error
+            trial.study.stop()
             raise
         except Exception as error:
             trial.set_user_attr(ERROR_ATTR, f"{type(error).__name__}: {error}"[:1000])
@@ -155,9 +163,11 @@ def run_study(
     data: TrainingData,
     n_trials: int,
     storage: str,
+    tracking_uri: str | None = None,
     heartbeat: Heartbeat | None = None,
 ) -> StudySummary:
-    """Run or continue the variant's study until it has `n_trials` finished trials."""
+    """Run or continue the variant's study until it has `n_trials` finished trials, tracked
+    in the MLflow store `tracking_uri` (default: the environment's)."""
     heartbeat = heartbeat or Heartbeat()
     settings = trial_settings(params, variant)
     spec = StudySpec(variant, settings, params.tune, params.seed, data_digest(data))
@@ -166,7 +176,7 @@ def run_study(
     shown = describe_storage(storage)
     log.info("%s: study %s in %s, %d finished trial(s) wanted", variant, spec.name, shown, n_trials)
     advice = no_learning_advice(settings, len(data.y_train))
-    runs = TuningRuns(params, spec, storage, n_trials)
+    runs = TuningRuns(params, spec, storage, n_trials, tracking_uri)
     trial = TrackedTrial(
         Objective(data, settings, params.seed, params.tune), runs, spec, optuna_storage, heartbeat
     )
@@ -194,6 +204,8 @@ def run_study(
                 if trial.last_run is not None:
                     runs.mark_state(trial.last_run, TrialState.FAIL)
                 continue
+            if trial.user_error is not None:
+                raise trial.user_error
             if streak.tripped:
                 raise PipelineError(
                     f"{streak.count} trials in a row failed (last: {streak.last_error}); fix "

@@ -6,6 +6,7 @@ import base64
 import html
 from pathlib import Path
 
+from pipeline.analysis.render import Table
 from pipeline.files import write_text
 
 FIGURES = (
@@ -30,6 +31,14 @@ FIGURES = (
         "falls towards 0 in the tails.",
     ),
     (
+        "landscape_png",
+        "The loss landscape along training's own steps (Santurkar et al. 2018), measured on the "
+        "probe batch every train.probe.landscape.every_steps steps: the range of the loss over "
+        "steps of a quarter to four times the real one, the largest change of the gradient, "
+        "and the largest gradient change per unit of distance moved (effective β-smoothness). "
+        "Lower is smoother.",
+    ),
+    (
         "preactivations_png",
         "Distribution of each activation's input z at the first and last probed epoch; shaded: "
         "|z| > 4, where the sigmoid is flat.",
@@ -49,9 +58,14 @@ def figures_note(seeds: list[int]) -> str:
 
 
 def write_report(
-    target: Path, runs_table: str, seeds_table: str, figures: dict[str, Path], seeds: list[int]
+    target: Path,
+    runs: Table,
+    seeds: Table,
+    differences: list[str],
+    figures: dict[str, Path],
+    seed_list: list[int],
 ) -> None:
-    """Write the report: the Markdown tables as HTML, then each figure embedded as base64."""
+    """Write the report: the tables, the differences, then each figure embedded as base64."""
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -62,10 +76,11 @@ def write_report(
         "img{max-width:100%}</style></head><body>",
         "<h1>Batch normalization on CIFAR-10: variants compared</h1>",
         "<h2>Every run</h2>",
-        markdown_to_html(runs_table),
+        runs.html(),
         "<h2>Across seeds</h2>",
-        markdown_to_html(seeds_table),
-        f"<h2>Figures</h2><p>{html.escape(figures_note(seeds))}</p>",
+        seeds.html(),
+        *(f"<p>{html.escape(line)}</p>" for line in differences),
+        f"<h2>Figures</h2><p>{html.escape(figures_note(seed_list))}</p>",
     ]
     for key, caption in FIGURES:
         encoded = base64.b64encode(figures[key].read_bytes()).decode("ascii")
@@ -75,27 +90,3 @@ def write_report(
         )
     parts.append("</body></html>")
     write_text(target, "\n".join(parts) + "\n")
-
-
-def markdown_to_html(markdown: str) -> str:
-    """The pipe tables and `- ` bullet lines that `compare` writes, as HTML."""
-    out: list[str] = []
-    table: list[list[str]] = []
-    for line in [*markdown.splitlines(), ""]:
-        if line.startswith("|"):
-            cells = [cell.strip() for cell in line.strip("|").split("|")]
-            if not all(set(cell) <= set("-:") for cell in cells):  # skip the |---| rule
-                table.append(cells)
-            continue
-        if table:
-            header, *body = table
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header))
-            out += [
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                for row in body
-            ]
-            out.append("</table>")
-            table = []
-        if line.startswith("- "):
-            out.append(f"<p>{html.escape(line[2:])}</p>")
-    return "\n".join(out)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.lines import Line2D
 
-from pipeline.figures import curves_figure, layer_profile_figure, preactivation_figure, seed_band
+from pipeline.analysis.figures import (
+    curves_figure,
+    layer_profile_figure,
+    preactivation_figure,
+    seed_band,
+)
 
 
 def test_seed_band_is_the_mean_and_the_range_over_seeds() -> None:

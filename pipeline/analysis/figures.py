@@ -1,29 +1,17 @@
-"""Matplotlib figures, written atomically as PNG (no display needed)."""
+"""Figures of several runs: every variant overlaid, each the mean over its seeds with a band."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # headless: stages run under DVC, CI and on servers
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from pipeline.files import atomic_path  # noqa: E402
+from pipeline.analysis.grouping import Group
 
 History = Sequence[Mapping[str, float]]
-
-
-def save(figure: plt.Figure, target: Path) -> None:
-    """Write a figure to PNG atomically and release its memory."""
-    with atomic_path(target) as temporary:
-        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
 
 
 def curves_figure(
@@ -53,43 +41,6 @@ def seed_band(
     values = np.asarray(series, dtype=float)
     centre = np.exp(np.log(values).mean(axis=0)) if geometric else values.mean(axis=0)
     return centre, values.min(axis=0), values.max(axis=0)
-
-
-def learning_curves_figure(name: str, history: History) -> plt.Figure:
-    """Loss and accuracy of one run, side by side."""
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = [row["epoch"] for row in history]
-    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-        axes.plot(epochs, [row[metric] for row in history], label="train")
-        axes.plot(epochs, [row[f"val_{metric}"] for row in history], "--", label="validation")
-        axes.set(xlabel="epoch", ylabel=metric, title=f"{name}: {metric}")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.grid(alpha=0.3)
-        axes.legend()
-    return figure
-
-
-def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
-    """A confusion matrix with class names and counts."""
-    figure, axes = plt.subplots(figsize=(7, 6))
-    image = axes.imshow(matrix, cmap="Blues")
-    ticks = np.arange(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, class_names)
-    axes.set(xlabel="predicted", ylabel="actual", title=title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (row, column), count in np.ndenumerate(matrix):
-        axes.text(
-            column,
-            row,
-            str(count),
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if count > threshold else "black",
-        )
-    figure.colorbar(image, ax=axes)
-    return figure
 
 
 def _colours() -> list[str]:
@@ -202,5 +153,85 @@ def preactivation_figure(
                 axes.set_title(f"{pick} probed epoch")
     for axes in grid[-1]:
         axes.set_xlabel("pre-activation z (shaded: |z| > 4, sigmoid saturated)")
+    figure.tight_layout()
+    return figure
+
+
+def layer_depth(layer: str) -> tuple[int, int]:
+    """Input to output: conv1..convN, then dense, then the classifier."""
+    if layer.startswith("conv") and layer[4:].isdigit():
+        return (0, int(layer[4:]))
+    return (1, 0) if layer == "dense" else (2, 0)
+
+
+def update_ratio_figure(groups: list[Group]) -> plt.Figure | None:
+    """Each group and variant's update-to-weight ratio per layer, first and last epoch (the
+    comparable measure of how much a layer learns across variants; None without probes)."""
+    profiles: dict[str, list[list[dict[str, Any]]]] = {}
+    for group in groups:
+        for variant in sorted({run.variant for run in group.runs}):
+            per_seed = [
+                [
+                    {"epoch": int(epoch), "depth": depth, "layer": layer, "update_ratio": ratio}
+                    for depth, layer in enumerate(sorted(run.update_ratios, key=layer_depth))
+                    for epoch, ratio in run.update_ratios[layer].items()
+                ]
+                for run in group.runs
+                if run.variant == variant and run.update_ratios
+            ]
+            if per_seed:
+                profiles[f"{group.name} ({variant})"] = per_seed
+    if not profiles:
+        return None
+    figure = layer_profile_figure(
+        profiles, "update_ratio", "Update-to-weight ratio per layer", log_scale=True
+    )
+    # A grid has more groups than the plot has room for a legend inside it.
+    figure.set_size_inches(10.5, 4.8)
+    figure.axes[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+LANDSCAPE_PANELS = (
+    ("loss_variation", "loss variation along the step"),
+    ("gradient_change", "gradient change ‖Δ∇L‖"),
+    ("beta_smoothness", "effective β-smoothness"),
+)
+
+
+def landscape_figure(runs: Mapping[str, Sequence[Sequence[Mapping[str, float]]]]) -> plt.Figure:
+    """Santurkar et al.'s three measures against the training step, one colour per variant:
+    the geometric mean over its seeds (steps all seeds measured), shaded from the lowest to
+    the highest seed; log scale."""
+    figure, grid = plt.subplots(1, len(LANDSCAPE_PANELS), figsize=(13, 3.8))
+    drawn = False
+    for axes, (field, title) in zip(grid, LANDSCAPE_PANELS, strict=True):
+        for (name, seeds), colour in zip(runs.items(), _colours(), strict=False):
+            per_seed = [
+                {row["step"]: row[field] for row in rows if row[field] > 0} for rows in seeds
+            ]
+            steps = (
+                sorted(set.intersection(*(set(values) for values in per_seed))) if per_seed else []
+            )
+            if not steps:
+                continue
+            centre, low, high = seed_band(
+                [[values[step] for step in steps] for values in per_seed], geometric=True
+            )
+            label = f"{name}" + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else "")
+            axes.plot(steps, centre, color=colour, label=label)
+            axes.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+            drawn = True
+        axes.set(xlabel="training step", title=title)
+        axes.set_yscale("log")
+        axes.grid(alpha=0.3, which="both")
+    if not drawn:
+        for axes in grid:
+            axes.cla()
+            axes.axis("off")
+        grid[1].text(0.5, 0.5, "no landscape: train.probe.landscape.every_steps is 0", ha="center")
+        return figure
+    grid[0].legend()
     figure.tight_layout()
     return figure

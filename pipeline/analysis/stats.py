@@ -1,0 +1,123 @@
+"""Statistics over training seeds: mean ± std, differences with Welch intervals, Fisher's test."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation of one metric over seeds (std 0 for one seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    def describe(self) -> str:
+        return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) − mean(b) with a Welch t confidence interval, and the exact permutation test's
+    two-sided p of the same difference. NaN bounds below two seeds a side, or where neither
+    side varies (then no interval exists: it is not a zero-width one)."""
+
+    mean: float
+    low: float
+    high: float
+    n: tuple[int, int] = (0, 0)
+    permutation_p: float = math.nan
+    no_spread: bool = False
+
+    def describe(self) -> str:
+        """The difference with its interval, or why it has none."""
+        if self.no_spread:
+            return f"{self.mean:+.4f} (no interval: no spread, {self.n[0]} vs {self.n[1]} runs)"
+        if math.isnan(self.low):
+            return f"{self.mean:+.4f} (no interval: needs two or more seeds per variant)"
+        return f"{self.mean:+.4f}, {CONFIDENCE:.0%} CI [{self.low:+.4f}, {self.high:+.4f}]"
+
+    def resolved(self) -> bool:
+        """Whether the interval excludes 0 (a null result is 'not resolved', never 'none')."""
+        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+
+def spread(values: list[float]) -> Spread:
+    """Mean ± sample std of `values` (both NaN where one is unknown)."""
+    if any(math.isnan(value) for value in values):
+        return Spread(math.nan, math.nan, len(values))
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Spread(statistics.fmean(values), std, len(values))
+
+
+def difference(a: list[float], b: list[float]) -> Difference:
+    """mean(a) − mean(b) with Welch's t interval, which does not assume equal variances, and
+    an exact permutation test, which assumes no distribution: with a few seeds a side, or
+    spreads as unequal as a group stuck at chance beside one that learns, Welch's degrees of
+    freedom fall near 1-2 and its interval says little that the ranks do not."""
+    mean = statistics.fmean(a) - statistics.fmean(b)
+    n = (len(a), len(b))
+    permutation = permutation_p(a, b)
+    if len(a) < 2 or len(b) < 2:
+        return Difference(mean, math.nan, math.nan, n, permutation)
+    if statistics.variance(a) == statistics.variance(b) == 0:
+        return Difference(mean, math.nan, math.nan, n, permutation, no_spread=True)
+    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
+    return Difference(mean, float(interval.low), float(interval.high), n, permutation)
+
+
+def permutation_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p of the exact permutation test of mean(a) − mean(b): every relabelling of
+    the pooled runs (56 for 3 against 5) is enumerated, so ties and tiny groups are exact."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan  # scipy's test needs two runs a side
+    if statistics.pvariance([*a, *b]) == 0:
+        return 1.0  # every relabelling gives the same difference
+    result = stats.permutation_test(
+        (a, b),
+        lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        permutation_type="independent",
+        n_resamples=math.inf,
+        alternative="two-sided",
+        vectorized=True,
+    )
+    return float(min(1.0, result.pvalue))
+
+
+def fisher_p(stuck_and_total: tuple[int, int], baseline: tuple[int, int]) -> float:
+    """Two-sided p of Fisher's exact test on (stuck, runs) against the baseline's."""
+    (stuck, total), (base_stuck, base_total) = stuck_and_total, baseline
+    table = [[stuck, total - stuck], [base_stuck, base_total - base_stuck]]
+    return float(stats.fisher_exact(table).pvalue)
+
+
+MOVED_AT_LEAST = 0.01  # a curve whose net change is smaller did not learn: no roughness
+
+
+def curve_roughness(values: list[float]) -> float:
+    """How jagged a learning curve is: the path it travels over its net change,
+    Σ|yᵢ₊₁ − yᵢ| / |y_last − y_first|. 1 for a curve that only climbs (or only falls), more
+    for every step back. Normalized by the net change, a run that stays at chance cannot win
+    by being flat: it has no roughness (NaN), and is counted apart. NaN below three points."""
+    if len(values) < 3:
+        return math.nan
+    net = abs(values[-1] - values[0])
+    if net < MOVED_AT_LEAST:
+        return math.nan
+    return sum(abs(b - a) for a, b in zip(values, values[1:], strict=False)) / net
+
+
+def finite_spread(values: list[float]) -> Spread:
+    """Mean ± std of the finite values alone (n counts them)."""
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return Spread(math.nan, math.nan, 0)
+    return spread(finite)

@@ -1,0 +1,153 @@
+"""A sweep: groups that differ in one numeric setting (the learning rate), per variant.
+
+Which values each variant tolerates (its runs leave chance and none diverges), and test
+accuracy against the value with a 95% interval of the mean, as a table and a figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+from scipy import stats
+
+from pipeline.analysis.render import Table
+from pipeline.analysis.stats import CONFIDENCE, Spread, finite_spread, spread
+from pipeline.analysis.summary import Summary
+from pipeline.chance import at_chance
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One value of the swept setting and one variant."""
+
+    variant: str
+    value: float
+    experiments: list[str]
+    test_accuracy: Spread
+    low: float  # the 95% t interval of the mean over seeds (NaN for one seed)
+    high: float
+    left_chance: int  # runs whose last validation accuracy is above chance
+    failed: int  # training runs of the same experiments that failed
+    roughness: Spread
+
+    @property
+    def tolerated(self) -> str:
+        """yes: every run left chance and none failed; no: none left chance; else partly."""
+        total = self.test_accuracy.n + self.failed
+        if self.left_chance == total:
+            return "yes"
+        return "no" if self.left_chance == 0 else f"partly ({self.left_chance}/{total})"
+
+
+def sweep_points(
+    summary: Summary, key: str, failed: dict[tuple[str, str], int] | None = None
+) -> list[SweepPoint]:
+    """A point per group and variant, ordered by variant then value; `failed` counts the
+    failed training runs per (DVC experiment, variant)."""
+    points = []
+    for group in summary.groups:
+        others = {name: value for name, value in group.factors.items() if name != key}
+        if key not in group.factors:
+            raise PipelineError(
+                f"--sweep {key}: the runs do not differ in {key}; the factors are "
+                f"{', '.join(group.factors) or 'none'}"
+            )
+        if others and len({tuple(g.factors.get(n) for n in others) for g in summary.groups}) > 1:
+            raise PipelineError(
+                f"--sweep {key}: the groups also differ in {', '.join(sorted(others))}; choose "
+                "the runs of one sweep with --experiments or --filter"
+            )
+        for variant in group.variants():
+            runs = group.runs_of(variant)
+            accuracy = spread([run.test_accuracy for run in runs])
+            low = high = math.nan
+            if accuracy.n > 1 and accuracy.std > 0:
+                half = stats.t.ppf((1 + CONFIDENCE) / 2, accuracy.n - 1) * accuracy.std
+                low, high = (
+                    accuracy.mean - half / math.sqrt(accuracy.n),
+                    accuracy.mean + half / math.sqrt(accuracy.n),
+                )
+            points.append(
+                SweepPoint(
+                    variant=variant,
+                    value=float(group.factors[key]),
+                    experiments=group.experiments,
+                    test_accuracy=accuracy,
+                    low=low,
+                    high=high,
+                    left_chance=sum(not at_chance(run.val_accuracy_last) for run in runs),
+                    failed=sum(
+                        (failed or {}).get((name, variant), 0) for name in group.experiments
+                    ),
+                    roughness=finite_spread([run.val_accuracy_roughness for run in runs]),
+                )
+            )
+    return sorted(points, key=lambda point: (point.variant, point.value))
+
+
+def sweep_table(points: list[SweepPoint], key: str) -> Table:
+    """Per variant and value: seeds, test accuracy with its interval, what it tolerates."""
+    rows = []
+    for point in points:
+        interval = (
+            f" [{point.low:.4f}, {point.high:.4f}]"
+            if math.isfinite(point.low)
+            else " (no interval)"
+        )
+        roughness = (
+            f"{point.roughness.mean:.2f} ({point.roughness.n})" if point.roughness.n else "–"
+        )
+        rows.append(
+            (
+                point.variant,
+                f"{point.value:.3g}",
+                str(point.test_accuracy.n),
+                f"{point.test_accuracy.mean:.4f} ± {point.test_accuracy.std:.4f}{interval}",
+                f"{point.left_chance}/{point.test_accuracy.n + point.failed}",
+                str(point.failed),
+                point.tolerated,
+                roughness,
+            )
+        )
+    return Table(
+        (
+            "variant",
+            key,
+            "seeds",
+            "test acc (mean ± std [95% CI of the mean])",
+            "left chance",
+            "failed",
+            "tolerated",
+            "val acc roughness (runs)",
+        ),
+        "lrrrrrlr",
+        rows,
+    )
+
+
+def sweep_figure(points: list[SweepPoint], key: str) -> plt.Figure:
+    """Test accuracy against the swept value per variant: the mean over seeds with its 95%
+    interval shaded, each seed's run a dot, chance dotted."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    variants = list(dict.fromkeys(point.variant for point in points))
+    for variant, colour in zip(variants, [f"C{index}" for index in range(10)], strict=False):
+        mine = [point for point in points if point.variant == variant]
+        values = [point.value for point in mine]
+        axes.plot(values, [p.test_accuracy.mean for p in mine], "-o", color=colour, label=variant)
+        axes.fill_between(
+            values,
+            [p.low if math.isfinite(p.low) else p.test_accuracy.mean for p in mine],
+            [p.high if math.isfinite(p.high) else p.test_accuracy.mean for p in mine],
+            color=colour,
+            alpha=0.15,
+            linewidth=0,
+        )
+    axes.axhline(0.1, color="grey", linestyle=":", label="chance")
+    axes.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
+    axes.set_xscale("log")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    return figure

@@ -1,0 +1,159 @@
+"""The loss landscape along training's own steps: how smooth the optimization problem is.
+
+Santurkar, Tsipras, Ilyas and Mądry (2018, "How does batch normalization help optimization?",
+section 3.2) measure, at points of training, along the step training takes:
+
+- the variation of the loss: its range over steps of several lengths;
+- gradient predictiveness: the ℓ2 change of the gradient after such a step;
+- the effective β-smoothness: the largest gradient change per unit of distance moved.
+
+They train with SGD, whose step is −η·∇L. This project trains with RMSprop, whose step is
+not along the gradient: each step here is the optimizer's own update at η = m × the training
+learning rate, for each multiple m of `train.probe.landscape.step_multiples` (from a quarter
+to four times the step training takes), computed from the current gradient and the
+optimizer's own state. So the landscape is measured where training actually moves. Every
+measure is taken on the fixed probe batch, and the weights, the optimizer's state and
+BatchNormalization's moving statistics are put back afterwards: training is bit-identical
+with the probe on or off (tests/test_landscape.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.params import LandscapeParams
+
+LandscapeRow = dict[str, float]
+
+
+class LandscapeProbe:
+    """Measures the landscape along the optimizer's step on one fixed batch."""
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, multiples: list[float]):
+        self.model = model
+        self.multiples = multiples
+        self.x = tf.constant(x)
+        self.y = tf.constant(y.astype(np.int32))
+        self._loss_and_gradients = tf.function(self._compute)
+
+    def _compute(self) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            probabilities = self.model(self.x, training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(self.y, probabilities)
+            )
+        return loss, tape.gradient(loss, variables)
+
+    def measure(self) -> LandscapeRow:
+        """Loss variation, largest gradient change, effective β-smoothness and ‖∇L‖ here."""
+        model, optimizer = self.model, self.model.optimizer
+        variables = model.trainable_variables
+        if not optimizer.built:  # before the first step: build its state as that step would
+            optimizer.build(variables)
+        weights = [variable.numpy() for variable in variables]
+        moving = [variable.numpy() for variable in model.non_trainable_variables]
+        state = [variable.numpy() for variable in optimizer.variables]
+        learning_rate = float(optimizer.learning_rate)
+        loss, gradients = self._loss_and_gradients()
+        flat = _flatten(gradients)
+        losses, changes, ratios = [float(loss)], [], []
+        try:
+            for multiple in self.multiples:
+                optimizer.learning_rate = learning_rate * multiple
+                optimizer.apply_gradients(zip(gradients, variables, strict=True))
+                distance = math.sqrt(
+                    sum(
+                        float(np.sum(np.square(v.numpy() - w)))
+                        for v, w in zip(variables, weights, strict=True)
+                    )
+                )
+                moved_loss, moved_gradients = self._loss_and_gradients()
+                change = float(np.linalg.norm(_flatten(moved_gradients) - flat))
+                losses.append(float(moved_loss))
+                changes.append(change)
+                ratios.append(change / distance if distance > 0 else math.nan)
+                _assign(variables, weights)
+                _assign(optimizer.variables, state)
+        finally:
+            optimizer.learning_rate = learning_rate
+            _assign(variables, weights)
+            _assign(optimizer.variables, state)
+            _assign(model.non_trainable_variables, moving)
+        finite = [value for value in losses if math.isfinite(value)]
+        return {
+            "loss_variation": max(finite) - min(finite) if finite else math.nan,
+            "gradient_change": max(changes),
+            "beta_smoothness": max((r for r in ratios if math.isfinite(r)), default=math.nan),
+            "gradient_norm": float(np.linalg.norm(flat)),
+        }
+
+
+def _flatten(tensors: list[tf.Tensor]) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(tensor, dtype=np.float64)) for tensor in tensors])
+
+
+def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+class LandscapeCallback(keras.callbacks.Callback):
+    """Measures the landscape before every `every_steps`-th training step (up to
+    `until_step`) and once more after the last; times itself. `on_row(row)` receives each."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        settings: LandscapeParams,
+        on_row: Callable[[LandscapeRow], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.x, self.y = x, y
+        self.settings = settings
+        self.on_row = on_row
+        self.rows: list[LandscapeRow] = []
+        self.seconds = 0.0
+        self._probe: LandscapeProbe | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.every_steps > 0
+
+    def _due(self, step: int) -> bool:
+        until = self.settings.until_step
+        return (
+            self.enabled and step % self.settings.every_steps == 0 and (not until or step <= until)
+        )
+
+    def _steps_done(self) -> int:
+        # The optimizer's own count: right with steps_per_execution > 1 and after a resume.
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        step = self._steps_done()
+        if self._due(step):
+            self._record(step)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        step = self._steps_done()
+        if self.enabled and (not self.rows or self.rows[-1]["step"] != step):
+            self._record(step)
+
+    def _record(self, step: int) -> None:
+        started = time.perf_counter()
+        if self._probe is None:
+            self._probe = LandscapeProbe(self.model, self.x, self.y, self.settings.step_multiples)
+        row = {"step": float(step), **self._probe.measure()}
+        self.rows.append(row)
+        self.seconds += time.perf_counter() - started
+        if self.on_row is not None:
+            self.on_row(row)

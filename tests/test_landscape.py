@@ -1,0 +1,46 @@
+"""The loss-landscape probe: it measures along the optimizer's own steps and changes nothing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.params import LandscapeParams
+from pipeline.training import landscape_callback, train_model
+from tests.conftest import small_train
+from tests.test_train import tiny_data
+
+
+def settings(batch_norm: bool, every_steps: int) -> object:
+    landscape = {"every_steps": every_steps, "until_step": 4, "step_multiples": [0.5, 1.0, 2.0]}
+    return small_train(
+        batch_size=16, epochs=2, batch_norm=batch_norm, probe={"landscape": landscape}
+    )
+
+
+def test_training_is_bit_identical_with_the_landscape_probe_on() -> None:
+    data = tiny_data()
+    for batch_norm in (False, True):
+        plain = train_model(data, settings(batch_norm, 0), seed=3)  # type: ignore[arg-type]
+        probed_settings = settings(batch_norm, 2)
+        probe = landscape_callback(data, probed_settings, seed=0)  # type: ignore[arg-type]
+        probed = train_model(data, probed_settings, seed=3, landscape=probe)  # type: ignore[arg-type]
+        assert [row["loss"] for row in probed.history] == [row["loss"] for row in plain.history]
+        for mine, theirs in zip(probed.model.get_weights(), plain.model.get_weights(), strict=True):
+            assert np.array_equal(mine, theirs)
+        # Steps 0, 2, 4 (until_step), then once after the last of 8 steps.
+        assert [row["step"] for row in probe.rows] == [0, 2, 4, 8]
+        assert probe.seconds > 0
+
+
+def test_the_measures_are_finite_and_consistent() -> None:
+    data = tiny_data()
+    probed_settings = settings(True, 4)
+    probe = landscape_callback(data, probed_settings, seed=0)  # type: ignore[arg-type]
+    train_model(data, probed_settings, seed=1, landscape=probe)  # type: ignore[arg-type]
+    for row in probe.rows:
+        assert all(math.isfinite(row[key]) for key in row), row
+        assert row["loss_variation"] >= 0 and row["gradient_change"] > 0
+        assert row["beta_smoothness"] > 0 and row["gradient_norm"] > 0
+    assert LandscapeParams().every_steps == 0  # off by default

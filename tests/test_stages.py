@@ -1,0 +1,230 @@
+"""Every stage called as a function, in this process, on a tiny project: what each returns,
+writes and logs to a real MLflow store (no DVC here: tests/test_pipeline.py runs it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline import compare, evaluate, fetch, normalize, train, tune
+from pipeline.analysis.summary import Summary
+from pipeline.errors import TrainingDiverged
+from pipeline.files import array_digest
+from pipeline.layout import variant_files
+from pipeline.params import Params
+from pipeline.records import read_record
+from pipeline.records.runs import TestMetrics, TrainMetrics, TunedRate
+from pipeline.training import device_description
+from tests.conftest import client_for, runs_by_name, small_params, stores_at
+from tests.sources import write_class_folder
+
+VARIANTS = ("plain", "bn")
+SEED = 42
+PER_EPOCH_METRICS = (
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "speed/epoch_seconds",
+    "speed/images_per_second",
+)
+PROBE_METRICS = (
+    "probe/conv1/grad_norm",
+    "probe/conv1/update_ratio",
+    "probe/conv1/saturated_fraction",
+    "probe/dense/mean_derivative",
+    "probe/classifier/grad_norm",
+)
+
+
+class Staged:
+    """What the module's stages returned."""
+
+    tuned: dict[str, TunedRate]
+    trained: dict[str, TrainMetrics]
+    tested: dict[str, TestMetrics]
+    summary: Summary
+
+
+@pytest.fixture(scope="module")
+def staged_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Params, Staged]]:
+    """fetch → normalize → tune → train → evaluate → compare, each stage called in-process."""
+    root = tmp_path_factory.mktemp("staged")
+    write_class_folder(root / "fixture", "tar.gz", per_class_train=5, per_class_test=2)
+    # The landscape probe on, every 5 of the 10 training steps.
+    params = small_params(seeds=[SEED], train={"probe": {"landscape": {"every_steps": 5}}})
+    stores = stores_at(root)
+    done = Staged()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # params.yaml's paths are relative to the project root
+        fetch.run(params, stores)
+        normalize.run(params)
+        done.tuned = {}
+        done.trained = {}
+        done.tested = {}
+        for variant in VARIANTS:
+            passed = tune.run(params, variant, stores)
+            assert passed is not None
+            done.tuned[variant] = passed
+            done.trained[variant] = train.run(params, variant, SEED, stores)
+            done.tested[variant] = evaluate.run(params, variant, SEED, stores)
+        done.summary = compare.run(params, stores)
+        yield root, params, done
+
+
+@pytest.fixture
+def staged(staged_run: tuple[Path, Params, Staged]) -> Path:
+    return staged_run[0]
+
+
+def test_each_stage_returns_what_it_writes(staged_run: tuple[Path, Params, Staged]) -> None:
+    root, params, done = staged_run
+    for variant in VARIANTS:
+        files = variant_files(params.paths, variant, SEED)
+        assert read_record(root / files.tuned, TunedRate) == done.tuned[variant]
+        assert done.tuned[variant].source == "params"
+        assert read_record(root / files.train_metrics, TrainMetrics) == done.trained[variant]
+        assert done.trained[variant].epochs == params.train.epochs
+        assert read_record(root / files.test_metrics, TestMetrics) == done.tested[variant]
+        assert 0 <= done.tested[variant].test_accuracy <= 1
+    rows = {row.variant: row for row in done.summary.rows}
+    assert list(rows) == list(VARIANTS)  # in params.yaml's order
+    for variant in VARIANTS:
+        assert rows[variant].test_accuracy.mean == done.tested[variant].test_accuracy
+    (gap,) = done.summary.between_variants
+    expected = done.tested["bn"].test_accuracy - done.tested["plain"].test_accuracy
+    assert (gap.variant, gap.baseline, gap.test_accuracy.mean) == ("bn", "plain", expected)
+    summary = json.loads((root / "comparison/summary.json").read_text())
+    assert summary["differences"]["bn - plain"]["test_accuracy_difference"] == expected
+
+
+def test_the_landscape_is_logged_written_and_drawn(staged: Path) -> None:
+    client = client_for(staged)
+    for variant in VARIANTS:
+        (run,) = runs_by_name(staged)[f"{variant}-{SEED}"]
+        history = client.get_metric_history(run.info.run_id, "landscape/beta_smoothness")
+        assert [point.step for point in history] == [0, 5, 10]
+        assert 0 < run.data.metrics["speed/landscape_overhead"] < 1
+        rows = (staged / f"results/{variant}-{SEED}/landscape.csv").read_text().splitlines()
+        assert rows[0] == "step,loss_variation,gradient_change,beta_smoothness,gradient_norm"
+        assert len(rows) == 4
+    assert (staged / "comparison/landscape.png").stat().st_size > 20_000
+
+
+def test_the_report_renders_the_summary_tables(staged_run: tuple[Path, Params, Staged]) -> None:
+    root, _, done = staged_run
+    report = (root / "reports/report.html").read_text()
+    assert report.count("data:image/png;base64,") == 7
+    for variant in VARIANTS:
+        accuracy = f"{done.tested[variant].test_accuracy:.4f}"
+        assert f"<td>{variant}</td>" in report and f"<td>{accuracy}</td>" in report
+    assert "bn - plain: +" in report or "bn - plain: -" in report
+    assert "|" not in report.split("<h2>Every run</h2>")[1].split("<h2>Figures")[0]
+
+
+def test_a_diverging_training_raises_and_marks_its_run_failed(
+    staged_run: tuple[Path, Params, Staged], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, params, _ = staged_run
+    monkeypatch.chdir(root)
+    elsewhere = params.model_copy(
+        update={
+            "paths": params.paths.model_copy(
+                update={"results": tmp_path / "results", "models": tmp_path / "models"}
+            )
+        }
+    )
+    values = elsewhere.model_dump(exclude_none=True)
+    values["variants"]["plain"].update(optimizer="rmsprop", activation="relu")
+    diverging = Params.model_validate(values)
+    tuned = variant_files(diverging.paths, "plain", SEED).tuned
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text('{"learning_rate": 1e6, "source": "params"}')
+    with pytest.raises(TrainingDiverged, match="training diverged: loss became nan"):
+        train.run(diverging, "plain", SEED, stores_at(tmp_path))
+    assert not (tmp_path / "models").exists()
+    (failed,) = runs_by_name(tmp_path)["plain-42"]
+    assert failed.info.status == "FAILED"
+
+
+def test_mlflow_store_has_one_tracked_run_per_variant(staged: Path) -> None:
+    runs = runs_by_name(staged)
+    client = client_for(staged)
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for variant in VARIANTS:
+        (run,) = runs[f"{variant}-42"]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["variant"] == variant
+        assert run.data.tags["device"] == device_description()
+        assert len(run.data.tags["dataset_digest"]) == 64
+        assert run.data.params["train.batch_norm"] == str(variant == "bn")
+        assert run.data.params["train.learning_rate"] == "0.001"
+        assert run.data.params["train.augmentation.shear_degrees"] == "11.3"
+        for metric in (*PER_EPOCH_METRICS, *PROBE_METRICS):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert [point.step for point in history] == [1, 2], metric
+        assert 0 < run.data.metrics["speed/probe_overhead"] < 1
+        assert "test_accuracy" in run.data.metrics
+        assert "test_class_accuracy/airplane" in run.data.metrics
+        artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+        assert {
+            "history.csv",
+            "learning_curves.png",
+            "probes.csv",
+            "preactivations.json",
+            "test_metrics.json",
+            "confusion.png",
+        } <= artifacts
+    (compare,) = runs["compare"]
+    assert compare.data.tags["run.bn-42"] == runs["bn-42"][0].info.run_id
+
+
+def test_dataset_inputs_describe_the_arrays_each_run_used(staged: Path) -> None:
+    prepared = np.load(staged / "data/prepared/cifar10.npz")
+    raw = np.load(staged / "data/raw/cifar10.npz")
+    expected = {
+        "training": (prepared["x_train"], prepared["y_train"]),
+        "validation": (prepared["x_val"], prepared["y_val"]),
+        "evaluation": (raw["x_test"], raw["y_test"]),
+    }
+    (run,) = runs_by_name(staged)["plain-42"]
+    assert run.inputs is not None
+    inputs = {item.tags[0].value: item.dataset for item in run.inputs.dataset_inputs if item.tags}
+    assert set(inputs) == set(expected)
+    for context, (x, y) in expected.items():
+        dataset = inputs[context]
+        assert dataset.digest == array_digest(x, y)[:32], context
+        assert json.loads(dataset.profile or "{}").get("features_shape") == list(x.shape), context
+    # One image fewer in the split is another digest.
+    x, y = expected["training"]
+    assert inputs["training"].digest != array_digest(x[1:], y[1:])[:32]
+
+
+def test_the_logged_model_loads_by_its_id_and_predicts_like_the_keras_file(
+    staged: Path,
+) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{staged / 'mlflow.db'}")
+    (run,) = runs_by_name(staged)["bn-42"]
+    model_id = json.loads((staged / "results/bn-42/mlflow_run.json").read_text())["model_id"]
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
+    assert [model.model_id for model in models] == [model_id]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    images = np.load(staged / "data/raw/cifar10.npz")["x_test"][:5]
+    assert images.dtype == np.uint8
+    from_mlflow = np.asarray(pyfunc.predict(images))
+    from_file = keras.models.load_model(staged / "models/bn-42.keras").predict(images, verbose=0)
+    assert from_mlflow.shape == (5, 10)
+    assert np.allclose(from_mlflow, from_file, atol=1e-5)
