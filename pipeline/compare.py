@@ -50,6 +50,7 @@ def comparison_files(paths: PathsParams) -> dict[str, Path]:
 
 def run(params: Params, stores: Stores) -> Summary:
     """Summarize the workspace's runs, write every comparison file and log them to MLflow."""
+    experiment_id = tracking.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast
     runs = workspace_runs(params)
     variants = list(params.variants)
     summary = summarize(
@@ -68,11 +69,15 @@ def run(params: Params, stores: Stores) -> Summary:
         out,
         params.seeds,
     )
-    log_to_mlflow(params, stores, runs, summary, [*out.values(), params.paths.report])
+    log_to_mlflow(experiment_id, runs, summary, [*out.values(), params.paths.report])
     log.info(
         "compared %s:\n%s",
         ", ".join(run.name for run in runs),
         comparison.summary_markdown(runs, summary),
+    )
+    log.info(
+        "where to look: %s (open it in a browser); the runs side by side in MLflow: ./tasks.sh ui",
+        params.paths.report,
     )
     return summary
 
@@ -102,14 +107,9 @@ def write_figures(runs: list[WorkspaceRun], out: dict[str, Path]) -> None:
 
 
 def log_to_mlflow(
-    params: Params,
-    stores: Stores,
-    runs: list[WorkspaceRun],
-    summary: Summary,
-    artifacts: list[Path],
+    experiment_id: str, runs: list[WorkspaceRun], summary: Summary, artifacts: list[Path]
 ) -> None:
     """The `compare` run: the comparison's numbers, linked to each training run, its files."""
-    experiment_id = tracking.connect(params.mlflow.experiment, stores.tracking_uri)
     tags = {**tracking.source_tags(), **{f"run.{run.name}": run.link.run_id for run in runs}}
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags),

@@ -89,6 +89,7 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
     name = run_name(variant, seed)
     files = variant_files(params.paths, variant, seed)
     link = read_record(files.run, RunLink)
+    tracking.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast, before writing
     raw = read_npz(params.paths.raw_dataset, ("x_test", "y_test", "class_names"))
     class_names = [str(name) for name in raw["class_names"]]
     if not files.model.is_file():
@@ -103,7 +104,6 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
         confusion_figure(matrix, class_names, f"{name}: test confusion matrix"),
         files.confusion_png,
     )
-    tracking.connect(params.mlflow.experiment, stores.tracking_uri)
     with mlflow.start_run(run_id=link.run_id), tracking.killed_on_interrupt():
         # The raw images: the exported model normalizes them itself.
         tracking.log_dataset(

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import cli
-from pipeline.datasets import DecodedDataset, container_kind, read_source
+from pipeline.chance import NUM_CLASSES
+from pipeline.datasets import CIFAR10_CLASSES, DecodedDataset, container_kind, read_source
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_npz_and_json
 from pipeline.layout import Stores, project_root
@@ -54,6 +55,7 @@ def fetch_dataset(
         location,
         time.perf_counter() - started,
     )
+    check_class_count(full.class_names, location)
     dataset = subset_dataset(full, data.subset, seed) if data.subset else full
     provenance = Provenance(
         source=data.source,
@@ -74,6 +76,28 @@ def fetch_dataset(
         subset=data.subset,
     )
     return dataset, provenance
+
+
+def check_class_count(class_names: tuple[str, ...], location: Path) -> None:
+    """The model has one output per CIFAR-10 class: refuse a dataset with other classes here,
+    in one line naming them, rather than let training fail on a label out of range."""
+    if len(class_names) == NUM_CLASSES:
+        return
+    unexpected = [name for name in class_names if name not in CIFAR10_CLASSES]
+    missing = [name for name in CIFAR10_CLASSES if name not in class_names]
+    detail = "; ".join(
+        part
+        for part in (
+            f"unexpected: {', '.join(unexpected)}" if unexpected else "",
+            f"missing: {', '.join(missing)}" if missing else "",
+        )
+        if part
+    )
+    raise PipelineError(
+        f"{location} has {len(class_names)} classes ({detail}), but the model has "
+        f"{NUM_CLASSES} outputs, one per CIFAR-10 class: remove the other class folders from "
+        "train/ and test/, or point data.source at a CIFAR-10 copy"
+    )
 
 
 def resolve_source(data: DataParams, cache_dir: Path) -> tuple[Path, str | None, str | None]:

@@ -320,7 +320,7 @@ class Params(Section):
     @classmethod
     def _seeds_are_distinct(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"must not repeat a seed (got {seeds})")
+            raise ValueError("must not repeat a seed")
         return seeds
 
     def variant(self, name: str) -> TrainParams:

@@ -27,7 +27,8 @@ def describe_validation_error(error: ValidationError, root: type[BaseModel]) -> 
             message = item["msg"].removeprefix("Value error, ")
             problem = f"{key}: {message}" if key else message
         else:
-            problem = f"{key}: {item['msg']} (got {item.get('input')!r})"
+            message = item["msg"].removeprefix("Value error, ")
+            problem = f"{key}: {message} (got {item.get('input')!r})"
         problems.append(problem)
     return "; ".join(problems)
 

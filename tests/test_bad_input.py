@@ -118,6 +118,20 @@ def link_member(folder: Path) -> Path:
     return path
 
 
+def eleven_classes(folder: Path) -> Path:
+    """CIFAR-10's ten class folders and one more, in both splits."""
+    files = class_folder_files(top="eleven")
+    for split in ("train", "test"):
+        files[f"eleven/{split}/unicorn/00001.png"] = _png((32, 32, 3))
+    return write_tar(folder / "eleven.tar", files)
+
+
+def corrupt_journal(folder: Path) -> None:
+    """Tuning on, into a journal whose last line a crash cut short."""
+    setting("tune.n_trials", 1)(folder)
+    (folder / "optuna.journal").write_text('{"op_code": 0, "worker_id": "w", "study_name": "s"\n')
+
+
 def python_release(folder: Path) -> Path:
     """The layout of cifar-10-python.tar.gz: pickled batches (never unpickled here)."""
     names = ("batches.meta", "data_batch_1", "test_batch", "readme.html")
@@ -196,6 +210,15 @@ CASES = {
     ),
     "unknown variant named": BadInput(
         lambda folder: None, ("pipeline.tune", "resnet"), ("resnet", "params.yaml defines")
+    ),
+    "repeated seed": BadInput(
+        setting("seeds", [7, 7]), FETCH, ("seeds: must not repeat a seed (got [7, 7])",)
+    ),
+    "an 11th class folder": BadInput(
+        source(eleven_classes), FETCH, ("11 classes (unexpected: unicorn)", "remove the other")
+    ),
+    "corrupt Optuna journal": BadInput(
+        corrupt_journal, TUNE_BN, ("optuna.journal is corrupt: line 1 of 1", "head -n 0")
     ),
     "missing source": BadInput(setting("data.source", "nowhere.tar.gz"), FETCH, ("data.source",)),
     "truncated archive": BadInput(source(truncated_archive), FETCH, ("truncated or corrupt",)),

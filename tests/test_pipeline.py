@@ -7,7 +7,9 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,19 @@ def workspace(repo: Path) -> dict[str, str]:
     }
 
 
+UNREACHABLE = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens on port 9
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A `dvc repro` that fails: the params edit before it, its arguments, its environment."""
+
+    spoil: Callable[[dict[str, Any]], None] | None
+    args: tuple[str, ...]
+    env: dict[str, str]
+    message: str
+
+
 def truncated_source(values: dict[str, Any]) -> None:
     values["data"]["source"] = "fixture/truncated.tar.gz"
 
@@ -169,20 +184,40 @@ def empty_training_split(values: dict[str, Any]) -> None:
     values["data"]["val_fraction"] = 0.99  # holds out every training image of the tiny data
 
 
-@pytest.mark.parametrize(
-    ("stage", "spoil", "message"),
-    [
-        ("fetch", truncated_source, "is truncated or corrupt"),
-        ("normalize", empty_training_split, "empty training or validation split"),
-    ],
-)
-def test_a_failed_repro_then_checkout_restores_the_workspace_byte_for_byte(
-    reproduced: Path,
-    tmp_path: Path,
-    stage: str,
-    spoil: Callable[[dict[str, Any]], None],
-    message: str,
+def tuning_on_the_test_set(values: dict[str, Any]) -> None:
+    values["tune"]["n_trials"] = 2
+    values["data"]["val_fraction"] = 0  # normalize succeeds with it, then tune refuses
+    values["train"]["validation_data"] = "test"
+
+
+def other_split(values: dict[str, Any]) -> None:
+    values["data"]["val_fraction"] = 0.25  # normalize and tune succeed, then train fails
+
+
+FAILURES = {
+    "fetch": Failure(truncated_source, ("fetch",), {}, "is truncated or corrupt"),
+    "normalize": Failure(
+        empty_training_split, ("normalize",), {}, "empty training or validation split"
+    ),
+    "tune, after normalize succeeded": Failure(
+        tuning_on_the_test_set, (), {}, "would pick the learning rate on the test set"
+    ),
+    "train, after normalize and tune succeeded": Failure(
+        other_split, (), UNREACHABLE, "MLflow tracking server http://127.0.0.1:9 is unreachable"
+    ),
+    "evaluate": Failure(None, ("-f", "-s", "evaluate@bn-42"), UNREACHABLE, "is unreachable"),
+    "compare": Failure(None, ("-f", "-s", "compare"), UNREACHABLE, "is unreachable"),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=list(FAILURES))
+def test_after_a_failed_repro_the_documented_recovery_restores_every_output(
+    reproduced: Path, tmp_path: Path, case: str
 ) -> None:
+    """A stage that fails leaves its outputs kept in git as they were (`persist`); README's
+    recovery then gives back the last good workspace byte for byte, including what stages
+    upstream of the failure changed before it."""
+    failure = FAILURES[case]
     copy = tmp_path / "committed"
     shutil.copytree(reproduced, copy)
     archive = (copy / "fixture/cifar10-small.tar.gz").read_bytes()
@@ -190,16 +225,36 @@ def test_a_failed_repro_then_checkout_restores_the_workspace_byte_for_byte(
     run_command(["git", "add", "-A"], copy)
     run_command(["git", "commit", "-qm", "reproduced"], copy)
     before = workspace(copy)
-    edit_params(copy, spoil)
+    if failure.spoil is not None:
+        edit_params(copy, failure.spoil)
+    git_outputs = {
+        path for path in before if path.startswith(("results/", "comparison/", "reports/"))
+    }
 
-    failed = dvc(copy, "repro", stage, check=False)
+    failed = run_command(
+        [sys.executable, "-m", "dvc", "repro", *failure.args], copy, False, failure.env
+    )
 
     assert failed.returncode != 0
-    assert message in failed.stderr
-    run_command(["git", "checkout", "params.yaml"], copy)
-    dvc(copy, "checkout")
+    assert failure.message in failed.stderr
+    if (
+        failure.spoil is None
+    ):  # only the failing stage ran: its git-kept outputs survive as they were
+        after = workspace(copy)
+        assert {path: after.get(path) for path in git_outputs} == {
+            path: before[path] for path in git_outputs
+        }
+    run_command(RECOVERY, copy)
     assert workspace(copy) == before
     assert "up to date" in dvc(copy, "status").stdout
+
+
+# README's recovery after a failed `dvc repro`, word for word (docs/troubleshooting.md).
+RECOVERY = [
+    "sh",
+    "-c",
+    "git checkout -- params.yaml dvc.lock results comparison reports && dvc checkout",
+]
 
 
 def changed_stages(repo: Path) -> set[str]:

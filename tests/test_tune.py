@@ -762,3 +762,18 @@ def test_dvc_exp_run_tunes_then_trains_with_the_tuned_rates(tmp_path: Path) -> N
     assert (repo / "optuna.journal").is_file()
     status = dvc(repo, "status").stdout
     assert "changed" not in status, status
+
+
+def test_a_study_of_one_epoch_trials_runs_without_pruning_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for kind in ("successive_halving", "hyperband"):
+        tune = tiny_params(pruner={"kind": kind}).tune
+        with caplog.at_level("WARNING"):
+            pruner = make_pruner(tune, epochs=1)
+        assert isinstance(pruner, optuna.pruners.NopPruner)
+        assert "every trial trains in full, without pruning" in caplog.text
+    assert isinstance(
+        make_pruner(tiny_params(pruner={"kind": "successive_halving"}).tune, epochs=2),
+        optuna.pruners.SuccessiveHalvingPruner,
+    )

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from pipeline.errors import PipelineError
 from pipeline.params import Params, TrainParams, TuneParams, same_result_fields
+
+log = logging.getLogger(__name__)
 
 PARAM = "learning_rate"
 OBJECTIVE = "val_accuracy"  # after the last epoch: the study maximizes it
@@ -105,10 +107,16 @@ def make_pruner(tune: TuneParams, epochs: int) -> optuna.pruners.BasePruner:
             n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
         )
     if pruner.kind in ("successive_halving", "hyperband") and pruner.min_resource >= epochs:
-        raise PipelineError(
-            f"tune.pruner.min_resource ({pruner.min_resource}) leaves no epoch to prune in "
-            f"a {epochs}-epoch trial (train.epochs); lower it below {epochs}"
+        # A quick study (1-epoch trials, say): there is no earlier epoch to stop a trial at,
+        # so every trial runs in full; say so rather than refuse a setting that cannot be lower.
+        log.warning(
+            "tune.pruner %s: %d-epoch trials leave no epoch to prune at (min_resource %d); "
+            "every trial trains in full, without pruning",
+            pruner.kind,
+            epochs,
+            pruner.min_resource,
         )
+        return optuna.pruners.NopPruner()
     if pruner.kind == "successive_halving":
         # Rungs after min_resource·rf^k epochs (1, 3, 9 by default); at each, a trial goes
         # on only when it is among the best 1/rf of the trials that reached it.

@@ -12,6 +12,7 @@ stale trials are failed and retried with the same Optuna callback.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -94,6 +95,30 @@ def storage_kind(url: str) -> str:
         return "unknown"
 
 
+def check_journal(path: Path) -> None:
+    """Raise, naming the first line that is not JSON and the two ways out, if there is one."""
+    if not path.is_file():
+        return
+    lines = path.read_bytes().splitlines()
+    for index, line in enumerate(lines):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise corrupt_journal(path, index + 1, len(lines), line) from None
+
+
+def corrupt_journal(path: Path, number: int, total: int, line: bytes) -> PipelineError:
+    """What is wrong with the journal, and the two ways out."""
+    keep = number - 1
+    return PipelineError(
+        f"the Optuna journal {path} is corrupt: line {number} of {total} is not JSON "
+        f"({line[:40]!r}), as a crash or a full disk can leave. Keep its {keep} readable "
+        f"line(s) with `cp {path} {path}.bak && head -n {keep} {path}.bak > {path}` and rerun "
+        "(the study continues from them), or start a new study in another file with "
+        "tune.storage: journal:<new file>"
+    )
+
+
 def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
     """Open (creating if needed) a journal file or an SQLAlchemy database as Optuna storage."""
     shown = describe_storage(url)
@@ -103,6 +128,9 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             # The default symlink lock serialises appends between local processes, and it
             # is what the `optuna` CLI and optuna-dashboard use when they open this file.
+            # Optuna replays the journal lazily and fails on a line that is not JSON with a
+            # bare JSONDecodeError: checked here first, to name the line and the way out.
+            check_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as error:
             raise PipelineError(
