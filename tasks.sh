@@ -8,6 +8,8 @@
 #   ./tasks.sh setup                       only set up
 #   ./tasks.sh lint                        ruff check + format check + mypy + code deps check
 #   ./tasks.sh deps                        write each stage's code deps into dvc.yaml
+#   ./tasks.sh ui [--port N]               mlflow ui on the project's store, with the link to its runs
+#   ./tasks.sh dashboard [--port N]        optuna-dashboard on the studies' storage (tune.storage)
 #
 # On Linux x86_64, set-up installs TensorFlow's GPU build (tensorflow[and-cuda], CUDA from the
 # wheels) where `nvidia-smi` finds a GPU, else its CPU build; --gpu or --cpu before the task
@@ -61,6 +63,22 @@ lint() {
   ruff check . && ruff format --check . && mypy pipeline bench tests tools && python -m tools.stage_deps
 }
 
+serve() {  # serve <mlflow|dashboard> [--port N]: print the link, then run the server
+  local which=$1 lines url command
+  shift
+  [[ $which == ui ]] && which=mlflow
+  mapfile -t lines < <(python -m tools.ui "$which" "$@")
+  command="${lines[-1]}"
+  url="${lines[-2]}"
+  if [[ -z $command ]]; then  # a tracking server is configured: nothing to start
+    echo "MLflow runs (Model training view): $url"
+    return
+  fi
+  printf '%s\n' "${lines[@]:0:${#lines[@]}-2}"
+  echo "open: $url   (Ctrl-C stops the server)"
+  eval "exec $command"
+}
+
 BUILD=""
 case "${1:-}" in
   --gpu | --cpu) BUILD="${1#--}" && shift ;;
@@ -82,8 +100,9 @@ case "$task" in
     ;;
   lint) setup && lint ;;
   deps) setup && python -m tools.stage_deps --write ;;
+  ui | dashboard) setup && serve "$task" "$@" ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

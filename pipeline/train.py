@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -226,14 +228,17 @@ def _log_model(model: keras.Model, example: np.ndarray) -> str:
     flavor fails to write an input example in this MLflow release.
     """
     signature = infer_signature(example, model.predict(example, verbose=0))
-    info = mlflow.tensorflow.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        # Explicit requirements: inferring them would reload the model in a subprocess.
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-    )
+    # MLflow predicts on the input example with Keras' progress bar ("1/1 ━━━━", control codes
+    # and all): the only output of that predict, so it is not shown.
+    with contextlib.redirect_stdout(io.StringIO()):
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            # Explicit requirements: inferring them would reload the model in a subprocess.
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
     return str(info.model_id)
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -154,7 +155,11 @@ def make_datasets(
         augment = RandomAffine(settings.augmentation, seed)
         train = train.map(
             lambda x, y: (augment(x, training=True), y),
-            num_parallel_calls=os.cpu_count() or 1,
+            # Under op determinism tf.data runs a map with random ops sequentially anyway, by
+            # rewriting it into a MapDataset that keeps ParallelMapDataset's attributes, and
+            # TensorFlow 2.21 then logs an "E0000 ... use_unbounded_threadpool" line on every
+            # run. Asking for the sequential map itself computes the same and logs nothing.
+            num_parallel_calls=None if settings.deterministic else os.cpu_count() or 1,
             deterministic=True,
         )
     steps = None
@@ -253,7 +258,9 @@ def train_model(
             steps_per_epoch=steps,
             callbacks=[telemetry, guard, *observers, *resuming],
             shuffle=False,  # the dataset shuffles itself, seeded; Keras would ignore True anyway
-            verbose=2,
+            # A live progress bar within each epoch on a terminal; one line per epoch, without
+            # control codes, where the output is a log (DVC's, CI's, a file).
+            verbose=1 if sys.stdout.isatty() else 2,
         )
     wall_seconds = (
         checkpoint.wall_seconds() if checkpoint is not None else time.perf_counter() - started
