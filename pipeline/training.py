@@ -250,18 +250,24 @@ def train_model(
         checkpoint = RunCheckpoint(checkpoints / "run.json", telemetry, probes)
         resuming = [checkpoint, keras.callbacks.BackupAndRestore(str(checkpoints / "keras"))]
     started = time.perf_counter()
-    with deterministic_kernels_required(settings.deterministic):
-        model.fit(
-            train,
-            validation_data=validation,
-            epochs=settings.epochs,
-            steps_per_epoch=steps,
-            callbacks=[telemetry, guard, *observers, *resuming],
-            shuffle=False,  # the dataset shuffles itself, seeded; Keras would ignore True anyway
-            # A live progress bar within each epoch on a terminal; one line per epoch, without
-            # control codes, where the output is a log (DVC's, CI's, a file).
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+    try:
+        with deterministic_kernels_required(settings.deterministic):
+            model.fit(
+                train,
+                validation_data=validation,
+                epochs=settings.epochs,
+                steps_per_epoch=steps,
+                callbacks=[telemetry, guard, *observers, *resuming],
+                shuffle=False,  # the dataset shuffles itself, seeded; Keras ignores True anyway
+                # A live progress bar within each epoch on a terminal; one line per epoch,
+                # without control codes, where the output is a log (DVC's, CI's, a file).
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+    finally:
+        # Determinism is training's: Keras' predict on arrays (MLflow's input example) under
+        # op determinism makes TensorFlow 2.21 log an "E0000 ... use_unbounded_threadpool"
+        # line when tf.data rewrites its parallel map into a sequential one.
+        tf_config.disable_op_determinism()
     wall_seconds = (
         checkpoint.wall_seconds() if checkpoint is not None else time.perf_counter() - started
     )
