@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from pipeline.errors import PipelineError
+from pipeline.layout import Stores
 from pipeline.params import Params, load_params
 
 log = logging.getLogger("pipeline")
@@ -63,3 +64,21 @@ def run_stage(args: argparse.Namespace, body: Callable[[Params], object]) -> Non
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def run_seed_stage(
+    description: str | None, run: Callable[[Params, str, int, Stores], object]
+) -> None:
+    """`main()` of a stage per variant and training seed (train, evaluate): parse
+    `<variant> [--seed N]`, then call `run(params, variant, seed, stores)` through run_stage;
+    without --seed, the first of params.yaml's `seeds`."""
+    args = stage_parser(description, variant=True, seed=True).parse_args()
+    run_stage(
+        args,
+        lambda params: run(
+            params,
+            args.variant,
+            params.seeds[0] if args.seed is None else args.seed,
+            Stores.from_environment(),
+        ),
+    )

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 
 from pipeline import names, tracking
-from pipeline.cli import run_stage, stage_parser
+from pipeline.cli import run_seed_stage
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, read_npz
 from pipeline.layout import Stores, VariantFiles, run_name, variant_files
@@ -127,16 +127,7 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
 
 def main() -> None:
     """Entry point of `python -m pipeline.evaluate <variant> [--seed N]`."""
-    args = stage_parser(__doc__, variant=True, seed=True).parse_args()
-    run_stage(
-        args,
-        lambda params: run(
-            params,
-            args.variant,
-            params.seeds[0] if args.seed is None else args.seed,
-            Stores.from_environment(),
-        ),
-    )
+    run_seed_stage(__doc__, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from mlflow.models import infer_signature
 
 from pipeline import names, tracking
-from pipeline.cli import run_stage, stage_parser
+from pipeline.cli import run_seed_stage
 from pipeline.devices import claim_gpu
 from pipeline.files import atomic_path, read_json, read_npz, write_json
 from pipeline.history import History, write_history
@@ -200,16 +200,7 @@ def learning_curves_figure(name: str, history: History) -> plt.Figure:
 
 def main() -> None:
     """Entry point of `python -m pipeline.train <variant> [--seed N]`."""
-    args = stage_parser(__doc__, variant=True, seed=True).parse_args()
-    run_stage(
-        args,
-        lambda params: run(
-            params,
-            args.variant,
-            params.seeds[0] if args.seed is None else args.seed,
-            Stores.from_environment(),
-        ),
-    )
+    run_seed_stage(__doc__, run)
 
 
 def checkpoint_folder(root: Path, settings: dict[str, Any], data_sha256: str) -> Path:

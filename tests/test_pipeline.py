@@ -23,22 +23,6 @@ from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command, runs_by_
 from tools.stage_deps import code_closure
 
 VARIANTS = ("plain", "bn")
-PER_EPOCH_METRICS = (
-    "loss",
-    "accuracy",
-    "val_loss",
-    "val_accuracy",
-    "learning_rate",
-    "speed/epoch_seconds",
-    "speed/images_per_second",
-)
-PROBE_METRICS = (
-    "probe/conv1/grad_norm",
-    "probe/conv1/update_ratio",
-    "probe/conv1/saturated_fraction",
-    "probe/dense/mean_derivative",
-    "probe/classifier/grad_norm",
-)
 # Stores and bookkeeping that no user restores by hand.
 NOT_WORKSPACE = (".git", ".dvc", "mlflow.db", "mlflow.db.lock", "mlartifacts")
 
