@@ -27,6 +27,7 @@ class SweepPoint:
     value: float
     experiments: list[str]
     test_accuracy: Spread
+    accuracies: list[float]  # each seed's run
     low: float  # the 95% t interval of the mean over seeds (NaN for one seed)
     high: float
     left_chance: int  # runs whose last validation accuracy is above chance
@@ -76,6 +77,7 @@ def sweep_points(
                     value=float(group.factors[key]),
                     experiments=group.experiments,
                     test_accuracy=accuracy,
+                    accuracies=[run.test_accuracy for run in runs],
                     low=low,
                     high=high,
                     left_chance=sum(not at_chance(run.val_accuracy_last) for run in runs),
@@ -145,6 +147,9 @@ def sweep_figure(points: list[SweepPoint], key: str) -> plt.Figure:
             alpha=0.15,
             linewidth=0,
         )
+        xs = [p.value for p in mine for _ in p.accuracies]
+        ys = [accuracy for p in mine for accuracy in p.accuracies]
+        axes.scatter(xs, ys, color=colour, s=12, alpha=0.6, linewidths=0)
     axes.axhline(0.1, color="grey", linestyle=":", label="chance")
     axes.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
     axes.set_xscale("log")
