@@ -99,7 +99,7 @@ def test_variant_overrides_inherit_the_rest(tmp_path: Path) -> None:
         (lambda v: v["variants"]["bn"].update(activation="softsign"), "variants.bn.activation"),
         (lambda v: v["tune"].update(lr_low=0.1, lr_high=0.01), "must be greater than tune.lr_low"),
         (lambda v: v["tune"]["pruner"].update(kind="random"), "tune.pruner.kind"),
-        (lambda v: v.update(seeds=[1, 1]), "seeds: Value error, must not repeat a seed"),
+        (lambda v: v.update(seeds=[1, 1]), "seeds: must not repeat a seed (got [1, 1])"),
         (lambda v: v.update(seeds=[]), "seeds: List should have at least 1 item"),
         (
             lambda v: v["train"]["speed"].update(jit_compile=True),
