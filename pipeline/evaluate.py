@@ -104,7 +104,7 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
         confusion_figure(matrix, class_names, f"{name}: test confusion matrix"),
         files.confusion_png,
     )
-    with mlflow.start_run(run_id=link.run_id), tracking.killed_on_interrupt():
+    with tracking.resumed_run(link.run_id):
         # The raw images: the exported model normalizes them itself.
         tracking.log_dataset(
             raw["x_test"], raw["y_test"], "test", str(params.paths.raw_dataset), "evaluation"

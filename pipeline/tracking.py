@@ -164,6 +164,21 @@ def killed_on_interrupt() -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def resumed_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
+    """Reopen a finished run to add to it, ending it FINISHED again (KILLED on Ctrl-C).
+
+    The run is first tagged with this process, while it is still FINISHED: otherwise, while
+    it is open, a stage starting beside it (a parallel `dvc queue` worker) would see a RUNNING
+    run of a process that has exited (the stage that made it) and mark it KILLED.
+    """
+    client = mlflow.MlflowClient()
+    for key, value in process_tags().items():
+        client.set_tag(run_id, key, value)
+    with mlflow.start_run(run_id=run_id) as run, killed_on_interrupt():
+        yield run
+
+
 def close_orphaned_runs(experiment_id: str) -> None:
     """Mark KILLED the runs that processes on this machine left RUNNING when they died.
 
@@ -179,7 +194,12 @@ def close_orphaned_runs(experiment_id: str) -> None:
     )
     for run in runs:
         pid = int(run.data.tags.get(names.PID_TAG, "0"))
-        if pid and not _process_exists(pid):
+        if not pid or _process_exists(pid):
+            continue
+        # Read the run again now that its process is known to be gone: a run that process
+        # ended (or another process took over) since the search must not be overwritten.
+        current = client.get_run(run.info.run_id)
+        if current.info.status == "RUNNING" and current.data.tags.get(names.PID_TAG) == str(pid):
             client.set_terminated(run.info.run_id, "KILLED")
             log.warning(
                 "MLflow run %s (%s) was left running by process %d, which no longer exists: "

@@ -51,6 +51,25 @@ def test_runs_left_running_by_dead_processes_are_marked_killed(
     assert statuses == {"dead here": "KILLED", "alive here": "RUNNING", "elsewhere": "RUNNING"}
 
 
+def test_a_run_reopened_beside_a_starting_stage_is_not_marked_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # evaluate reopens the run a training process made and left; a stage connecting
+    # meanwhile (a parallel queue worker) must not take it for that dead process's orphan.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = tracking.connect("reopened")
+    client = MlflowClient()
+    here = tracking.process_tags()[names.HOST_TAG]
+    trained = {names.HOST_TAG: here, names.PID_TAG: str(dead_pid())}
+    run_id = client.create_run(experiment_id, run_name="bn-1", tags=trained).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+
+    with tracking.resumed_run(run_id):
+        tracking.connect("reopened")
+        assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_a_temporary_left_by_a_killed_writer_is_removed(tmp_path: Path) -> None:
     leftover = tmp_path / ".stats.x1y2z3.tmp.json"
     leftover.write_text('{"half": ')
