@@ -57,6 +57,7 @@ setup() {
   # --extra: one TensorFlow build; uv removes the other one if it is installed.
   "$TOOLS/bin/uv" sync --frozen --compile-bytecode --python "$python" --quiet --extra "$build"
   export PATH="$PWD/.venv/bin:$PATH"   # DVC stages call `python -m pipeline.<stage>`
+  python -m tools.plots_template   # vega inline, so `dvc plots show` renders offline
 }
 
 lint() {

@@ -20,6 +20,8 @@ from scipy import stats
 from pipeline.layout import variant_files
 from pipeline.params import load_params
 from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command, runs_by_name
+from tools.plots_template import LIBRARIES
+from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
 from tools.stage_deps import code_closure
 
 VARIANTS = ("plain", "bn")
@@ -99,6 +101,20 @@ def test_metrics_and_plots_are_readable_by_dvc(reproduced: Path) -> None:
         for probed, epoch in (("first", "1.0"), ("last", "2.0"))
     }
     assert all(float(row["grad_norm"]) > 0 for row in layers)
+
+
+def test_plots_render_without_a_network(reproduced: Path) -> None:
+    # .dvc/config's template carries vega inline: no script is loaded from anywhere.
+    assert PLOTS_TEMPLATE.is_file(), "run ./tasks.sh setup: it writes the plots template"
+    for command in (("plots", "show"), ("plots", "diff", "HEAD")):
+        out = reproduced / f"offline-{command[1]}"
+        page = dvc(reproduced, *command, "-o", str(out)).stdout.strip().splitlines()[-1]
+        html = (out / "index.html").read_text()
+        assert page == (out / "index.html").as_uri()
+        assert not re.findall(r"<script[^>]*\bsrc=", html)
+        assert "Accuracy per epoch" in html and html.count("vegaEmbed('#") >= 5
+        for library in LIBRARIES:
+            assert library.spec in html.splitlines()[1]
 
 
 def test_a_second_seed_adds_only_its_own_runs_and_the_spread(
