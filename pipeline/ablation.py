@@ -15,8 +15,9 @@ that setting), with a 95% Welch interval.
 OUT-update_ratios.png draws each group's update-to-weight ratio per layer (first and last
 epoch). Every run read is also written, with its params and its per-layer probes (update
 ratio, gradient norm, saturated fraction, mean activation derivative, per epoch), to
-OUT.runs.json; `--add-runs` reads such files back, so that a grid run in parts, on machines
-whose stores are gone, is summarized whole.
+OUT.runs.json, with the landscape measures of runs that took them (a smoothness section
+then follows the table: pipeline/analysis/smoothness.py); `--add-runs` reads such files
+back, so that a grid run in parts, on machines whose stores are gone, is summarized whole.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.analysis.figures import update_ratio_figure
 from pipeline.analysis.mlflow_runs import failed_training_runs, training_runs
 from pipeline.analysis.render import grid_json, grid_markdown
 from pipeline.analysis.runs import RunResult, with_added_runs, write_runs
+from pipeline.analysis.smoothness import smoothness, smoothness_json, smoothness_markdown
 from pipeline.analysis.summary import Summary, summarize
 from pipeline.analysis.sweep import SweepPoint, sweep_figure, sweep_points, sweep_table
 from pipeline.cli import add_common_arguments, run_stage
@@ -80,11 +82,17 @@ def write_summary(
     """OUT.md, OUT.json, OUT.runs.json, OUT-update_ratios.png and, for a sweep,
     OUT-sweep.png; returns the Markdown."""
     table = grid_markdown(summary)
+    landscape = smoothness(summary)
+    if landscape.rows:
+        table += f"\n{smoothness_markdown(landscape)}"
     if sweep:
         table += f"\nThe sweep over {sweep_key}:\n\n{sweep_table(sweep, sweep_key).markdown()}\n"
         save(sweep_figure(sweep, sweep_key), out.with_name(f"{out.name}-sweep.png"))
     write_text(out.with_suffix(".md"), table)
-    write_json(out.with_suffix(".json"), grid_json(summary))
+    record = grid_json(summary)
+    if landscape.rows:
+        record["smoothness"] = smoothness_json(landscape)
+    write_json(out.with_suffix(".json"), record)
     write_runs(out.with_suffix(".runs.json"), runs)
     figure = update_ratio_figure(summary.groups)
     if figure is not None:

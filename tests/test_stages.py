@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import compare, evaluate, fetch, normalize, train, tune
+from pipeline.analysis.mlflow_runs import training_runs
 from pipeline.analysis.summary import Summary
 from pipeline.errors import TrainingDiverged
 from pipeline.files import array_digest
@@ -105,7 +106,8 @@ def test_each_stage_returns_what_it_writes(staged_run: tuple[Path, Params, Stage
     assert summary["differences"]["bn - plain"]["test_accuracy_difference"] == expected
 
 
-def test_the_landscape_is_logged_written_and_drawn(staged: Path) -> None:
+def test_the_landscape_is_logged_written_and_drawn(staged_run: tuple[Path, Params, Staged]) -> None:
+    staged, _, done = staged_run
     client = client_for(staged)
     for variant in VARIANTS:
         (run,) = runs_by_name(staged)[f"{variant}-{SEED}"]
@@ -116,6 +118,20 @@ def test_the_landscape_is_logged_written_and_drawn(staged: Path) -> None:
         assert rows[0] == "step,loss_variation,gradient_change,beta_smoothness,gradient_norm"
         assert len(rows) == 4
     assert (staged / "comparison/landscape.png").stat().st_size > 20_000
+    # The analysis reads the same measures from MLflow (ablation) and the workspace (compare).
+    experiment = client.get_experiment_by_name("bn-cifar10")
+    assert experiment is not None
+    from_mlflow = {
+        run.variant: run.landscape for run in training_runs(client, experiment.experiment_id)
+    }
+    from_files = {row.variant: row.runs[0].landscape for row in done.summary.rows}
+    assert set(from_mlflow) == set(from_files) == set(VARIANTS)
+    for variant in VARIANTS:
+        assert list(from_mlflow[variant]["gradient_change"]) == ["0", "5", "10"]
+        for statistic, values in from_files[variant].items():
+            assert from_mlflow[variant][statistic] == pytest.approx(values), statistic
+    page = (staged / "comparison/summary.md").read_text().split("## Smoothness")[1]
+    assert "| bn / plain |" in page and "(no interval: 1 vs 1 runs)" in page
 
 
 def test_the_report_renders_the_summary_tables(staged_run: tuple[Path, Params, Staged]) -> None:

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from pipeline.analysis.render import Table, interval_or_none
+from pipeline.analysis.smoothness import smoothness, smoothness_markdown
 from pipeline.analysis.stats import CONFIDENCE, Spread
 from pipeline.analysis.summary import Summary, VariantGap
 from pipeline.analysis.workspace import WorkspaceRun
@@ -123,10 +124,12 @@ def gap_lines(summary: Summary) -> list[str]:
 def summary_markdown(runs: list[WorkspaceRun], summary: Summary) -> str:
     """summary.md: every run, then the variants across seeds and their differences."""
     bullets = "\n".join(f"- {line}" for line in gap_lines(summary))
-    return (
+    page = (
         f"# Variants compared\n\n{runs_table(runs).markdown()}\n\n"
         f"## Across seeds\n\n{seeds_table(summary).markdown()}\n\n{bullets}\n"
     )
+    landscape = smoothness_markdown(smoothness(summary))
+    return f"{page}\n## Smoothness\n\n{landscape}" if landscape else page
 
 
 def variants_json(summary: Summary) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,11 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
         if parsed is not None and parsed[1] in KEPT_PROBES:
             layer, statistic = parsed
             probes.setdefault(statistic, {})[layer] = _per_epoch(client, run, key)
+    landscape = {
+        statistic: _per_epoch(client, run, names.landscape_metric(statistic))
+        for statistic in names.LANDSCAPE_STATISTICS
+        if names.landscape_metric(statistic) in run.data.metrics
+    }
     # Kept in a field of their own, as records written before the other probes have them.
     update_ratios = probes.pop("update_ratio", {})
     first_update = update_ratios.get("conv1", {}).get("1")
@@ -64,10 +69,12 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
         probes=probes,
         val_accuracy={epoch: validation[epoch] for epoch in epochs},
         git_commit=tags.get(names.GIT_COMMIT_TAG, tags.get(names.MLFLOW_GIT_COMMIT_TAG, "")),
+        landscape=landscape,
     )
 
 
 def _per_epoch(client: MlflowClient, run: Run, key: str) -> dict[str, float]:
+    """A metric's history by step (the epoch, or the training step for `landscape/`)."""
     return {
         str(metric.step): metric.value
         for metric in sorted(client.get_metric_history(run.info.run_id, key), key=_step)

@@ -39,6 +39,9 @@ class RunResult:
     # was kept, which hold only the first and the last
     val_accuracy: dict[str, float] = field(default_factory=dict)
     git_commit: str = ""  # the code the run trained with; "" in records written before
+    # landscape/<statistic> per measured training step ({statistic: {step: value}}); empty
+    # where the landscape probe was off, and in records written before it was kept
+    landscape: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def val_accuracy_roughness(self) -> float:

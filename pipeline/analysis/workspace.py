@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.analysis.runs import RunResult
 from pipeline.history import History, read_history
 from pipeline.layout import VariantFiles, run_name, variant_files
+from pipeline.names import LANDSCAPE_STATISTICS
 from pipeline.params import Params
 from pipeline.probe_files import (
     Histograms,
@@ -59,6 +60,11 @@ class WorkspaceRun:
             first_layer_update=ratios.get("conv1", {}).get("1", math.nan),
             update_ratios=ratios,
             val_accuracy=validation,
+            landscape={
+                statistic: {str(int(row["step"])): row[statistic] for row in self.landscape}
+                for statistic in LANDSCAPE_STATISTICS
+                if self.landscape
+            },
         )
 
 

@@ -1,0 +1,214 @@
+"""The loss landscape's smoothness per group and variant (Santurkar et al. 2018), from the
+`landscape/<statistic>` measures a probed run keeps (`train.probe.landscape`).
+
+Per run, each statistic is reduced to its geometric mean over the measured training steps
+(they span decades over training); per group and variant, to the geometric mean over seeds.
+Between variants, the ratio of those means, with a 95% Welch interval and the exact
+permutation test on the log values: "bn / plain 0.3 [0.1, 0.9]" reads as a landscape three
+times smoother with BN, resolved.
+
+`relative_gradient_change` is ‖g(w + Δw) − g(w)‖ / ‖g(w)‖ at each step (the largest over the
+step multiples, over the gradient's norm there): the gradient's change in units of itself. The
+raw statistics are small wherever the gradient is small, as on a plateau at chance, so a run
+that does not learn can look smooth by them; this one it cannot win by being flat.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from pipeline.analysis.render import Table
+from pipeline.analysis.runs import RunResult
+from pipeline.analysis.stats import Difference, difference
+from pipeline.analysis.summary import Summary
+
+STATISTICS = ("loss_variation", "gradient_change", "beta_smoothness", "relative_gradient_change")
+
+
+def run_smoothness(run: RunResult) -> dict[str, float]:
+    """Each statistic's geometric mean over the run's measured steps; {} if it was not probed."""
+    landscape = dict(run.landscape)
+    if not landscape.get("gradient_change"):
+        return {}
+    norms = landscape.get("gradient_norm", {})
+    landscape["relative_gradient_change"] = {
+        step: change / norms[step]
+        for step, change in landscape["gradient_change"].items()
+        if norms.get(step, 0) > 0
+    }
+    return {name: _geometric_mean(list(landscape.get(name, {}).values())) for name in STATISTICS}
+
+
+@dataclass(frozen=True)
+class SmoothnessRow:
+    """One group and variant: its probed runs and each statistic's geometric mean over them."""
+
+    group: str
+    variant: str
+    runs: int
+    measures: int  # measured steps per run (the first run's)
+    means: dict[str, float]
+
+
+@dataclass(frozen=True)
+class SmoothnessRatio:
+    """Within one group, variant / baseline of one statistic: the ratio of geometric means, and
+    the difference of mean log10 values it comes from (with its interval and p)."""
+
+    group: str
+    variant: str
+    baseline: str
+    statistic: str
+    log10: Difference
+
+    @property
+    def ratio(self) -> float:
+        return 10**self.log10.mean
+
+    def cell(self) -> str:
+        if self.log10.no_spread:
+            return f"{self.ratio:.3g}, no interval (no spread)"
+        if math.isnan(self.log10.low):
+            n = self.log10.n
+            return f"{self.ratio:.3g} (no interval: {n[0]} vs {n[1]} runs)"
+        return f"{self.ratio:.3g} [{10**self.log10.low:.3g}, {10**self.log10.high:.3g}]"
+
+
+@dataclass(frozen=True)
+class Smoothness:
+    rows: list[SmoothnessRow]
+    ratios: list[SmoothnessRatio]
+
+
+def smoothness(summary: Summary, baseline_variant: str = "plain") -> Smoothness:
+    """The smoothness rows and ratios of a summary's groups (empty where no run was probed)."""
+    rows, ratios = [], []
+    for group in summary.groups:
+        probed: dict[str, list[dict[str, float]]] = {}
+        for row in summary.rows:
+            if row.group != group.name:
+                continue
+            measured = [(run, run_smoothness(run)) for run in row.runs]
+            measured = [(run, values) for run, values in measured if values]
+            if not measured:
+                continue
+            probed[row.variant] = [values for _, values in measured]
+            means = {
+                name: _geometric_mean([values[name] for _, values in measured])
+                for name in STATISTICS
+            }
+            steps = len(measured[0][0].landscape["gradient_change"])
+            rows.append(SmoothnessRow(group.name, row.variant, len(measured), steps, means))
+        base = probed.get(baseline_variant)
+        if not base:
+            continue
+        for variant, values in probed.items():
+            if variant == baseline_variant:
+                continue
+            for name in STATISTICS:
+                log_a = [math.log10(v[name]) for v in values if v[name] > 0]
+                log_b = [math.log10(v[name]) for v in base if v[name] > 0]
+                if log_a and log_b:
+                    gap = difference(log_a, log_b)
+                    ratios.append(SmoothnessRatio(group.name, variant, baseline_variant, name, gap))
+    return Smoothness(rows, ratios)
+
+
+def smoothness_markdown(result: Smoothness) -> str:
+    """The section a summary's page gains when some of its runs were probed ("" otherwise)."""
+    if not result.rows:
+        return ""
+    rows = Table(
+        ("group", "variant", "probed runs", "measures per run", *STATISTICS),
+        "llrr" + "r" * len(STATISTICS),
+        [
+            (
+                row.group,
+                row.variant,
+                str(row.runs),
+                str(row.measures),
+                *(f"{row.means[name]:.3g}" for name in STATISTICS),
+            )
+            for row in result.rows
+        ],
+    )
+    lines = [
+        "Loss landscape along training's steps (train.probe.landscape; Santurkar et al. 2018): "
+        "per run the geometric mean over its measured steps, per row the geometric mean over "
+        "its runs. Smaller is smoother.",
+        "",
+        rows.markdown(),
+    ]
+    if result.ratios:
+        pairs = sorted({(r.group, r.variant, r.baseline) for r in result.ratios})
+        table = Table(
+            ("group", "ratio", *STATISTICS),
+            "ll" + "r" * len(STATISTICS),
+            [
+                (
+                    group,
+                    f"{variant} / {baseline}",
+                    *(
+                        next(
+                            (
+                                r.cell()
+                                for r in result.ratios
+                                if (r.group, r.variant, r.statistic) == (group, variant, name)
+                            ),
+                            "–",
+                        )
+                        for name in STATISTICS
+                    ),
+                )
+                for group, variant, baseline in pairs
+            ],
+        )
+        lines += [
+            "",
+            "Between variants: the ratio of the geometric means, with the 95% Welch interval "
+            "of the mean log10 difference (below 1: smoother than the baseline variant).",
+            "",
+            table.markdown(),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def smoothness_json(result: Smoothness) -> dict[str, list[dict[str, object]]]:
+    """The rows and ratios as JSON (a bound that does not exist is null)."""
+    return {
+        "rows": [
+            {
+                "group": row.group,
+                "variant": row.variant,
+                "runs": row.runs,
+                "measures": row.measures,
+                **row.means,
+            }
+            for row in result.rows
+        ],
+        "ratios": [
+            {
+                "group": ratio.group,
+                "variant": ratio.variant,
+                "baseline": ratio.baseline,
+                "statistic": ratio.statistic,
+                "ratio": ratio.ratio,
+                "ci_low": None if math.isnan(ratio.log10.low) else 10**ratio.log10.low,
+                "ci_high": None if math.isnan(ratio.log10.high) else 10**ratio.log10.high,
+                "permutation_p": (
+                    None if math.isnan(ratio.log10.permutation_p) else ratio.log10.permutation_p
+                ),
+                "runs": list(ratio.log10.n),
+            }
+            for ratio in result.ratios
+        ],
+    }
+
+
+def _geometric_mean(values: list[float]) -> float:
+    positive = [value for value in values if math.isfinite(value) and value > 0]
+    if not positive:
+        return math.nan
+    return 10 ** statistics.fmean(math.log10(value) for value in positive)

@@ -1,0 +1,93 @@
+"""The smoothness summary of the landscape probe's measures: geometric means per run and
+variant, and bn / plain ratios with Welch intervals on the log values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipeline.analysis.runs import RunResult, read_runs, write_runs
+from pipeline.analysis.smoothness import (
+    STATISTICS,
+    run_smoothness,
+    smoothness,
+    smoothness_json,
+    smoothness_markdown,
+)
+from pipeline.analysis.summary import summarize
+
+
+def probed(variant: str, seed: int, scale: float, steps: int = 3) -> RunResult:
+    """A run whose landscape measures grow along training and scale with `scale`."""
+    landscape = {
+        "loss_variation": {str(500 * i): scale * (1 + i) for i in range(steps)},
+        "gradient_change": {str(500 * i): scale * (2 + i) for i in range(steps)},
+        "beta_smoothness": {str(500 * i): scale * (3 + i) * 10 for i in range(steps)},
+        "gradient_norm": {str(500 * i): 4.0 + i for i in range(steps)},
+    }
+    return RunResult(
+        run_id=f"{variant}{seed}",
+        experiment="lr-1e-3",
+        variant=variant,
+        seed=str(seed),
+        params={"train.batch_norm": str(variant == "bn")},
+        test_accuracy=0.6,
+        val_accuracy_first=0.3,
+        val_accuracy_last=0.6,
+        first_layer_update=1e-3,
+        landscape=landscape,
+    )
+
+
+def test_a_run_is_reduced_to_geometric_means_over_its_measured_steps() -> None:
+    run = probed("bn", 1, 0.5)
+    values = run_smoothness(run)
+    assert set(values) == set(STATISTICS)
+    assert values["loss_variation"] == pytest.approx(stats.gmean([0.5, 1.0, 1.5]))
+    relative = [0.5 * (2 + i) / (4.0 + i) for i in range(3)]
+    assert values["relative_gradient_change"] == pytest.approx(stats.gmean(relative))
+    unprobed = RunResult("x", "", "bn", "1", {}, 0.6, 0.3, 0.6, 1e-3)
+    assert run_smoothness(unprobed) == {}
+
+
+def test_bn_over_plain_is_the_ratio_of_geometric_means_with_welchs_interval() -> None:
+    bn_scales, plain_scales = [0.2, 0.25, 0.3], [1.0, 1.5, 0.8]
+    runs = [probed("bn", seed, scale) for seed, scale in enumerate(bn_scales)]
+    runs += [probed("plain", seed, scale) for seed, scale in enumerate(plain_scales)]
+    result = smoothness(summarize(runs))
+    assert {(row.variant, row.runs, row.measures) for row in result.rows} == {
+        ("bn", 3, 3),
+        ("plain", 3, 3),
+    }
+    ratio = next(r for r in result.ratios if r.statistic == "beta_smoothness")
+    bn = [math.log10(run_smoothness(run)["beta_smoothness"]) for run in runs[:3]]
+    plain = [math.log10(run_smoothness(run)["beta_smoothness"]) for run in runs[3:]]
+    welch = stats.ttest_ind(bn, plain, equal_var=False).confidence_interval()
+    assert ratio.ratio == pytest.approx(10 ** (np.mean(bn) - np.mean(plain)))
+    assert ratio.ratio == pytest.approx(stats.gmean(bn_scales) / stats.gmean(plain_scales))
+    assert (10**ratio.log10.low, 10**ratio.log10.high) == pytest.approx(
+        (10**welch.low, 10**welch.high)
+    )
+    assert ratio.log10.resolved() and ratio.ratio < 1
+    page = smoothness_markdown(result)
+    assert f"| lr-1e-3 | bn / plain | {ratio.ratio:.3g} [" in page
+    record = smoothness_json(result)
+    assert {r["statistic"] for r in record["ratios"]} == set(STATISTICS)
+
+
+def test_one_run_a_side_has_no_interval_and_unprobed_runs_add_no_section() -> None:
+    result = smoothness(summarize([probed("bn", 1, 0.2), probed("plain", 1, 1.0)]))
+    assert all(math.isnan(ratio.log10.low) for ratio in result.ratios)
+    assert "(no interval: 1 vs 1 runs)" in smoothness_markdown(result)
+    bare = RunResult("x", "", "bn", "1", {}, 0.6, 0.3, 0.6, 1e-3)
+    assert smoothness_markdown(smoothness(summarize([bare]))) == ""
+
+
+def test_the_measures_survive_the_runs_records(tmp_path: Path) -> None:
+    runs = [probed("bn", 1, 0.2), probed("plain", 1, 1.0)]
+    write_runs(tmp_path / "part.runs.json", runs)
+    assert read_runs(tmp_path / "part.runs.json") == runs
