@@ -18,6 +18,7 @@ from pipeline.analysis.figures import (
     preactivation_figure,
 )
 from pipeline.analysis.report import write_report
+from pipeline.analysis.smoothness import smoothness, smoothness_tables
 from pipeline.analysis.summary import Summary, summarize
 from pipeline.analysis.workspace import WorkspaceRun, workspace_runs
 from pipeline.cli import run_stage, stage_parser
@@ -68,6 +69,7 @@ def run(params: Params, stores: Stores) -> Summary:
         comparison.gap_lines(summary),
         out,
         params.seeds,
+        smoothness_tables(smoothness(summary)),
     )
     log_to_mlflow(experiment_id, runs, summary, [*out.values(), params.paths.report])
     log.info(

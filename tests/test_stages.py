@@ -142,6 +142,8 @@ def test_the_report_renders_the_summary_tables(staged_run: tuple[Path, Params, S
         accuracy = f"{done.tested[variant].test_accuracy:.4f}"
         assert f"<td>{variant}</td>" in report and f"<td>{accuracy}</td>" in report
     assert "bn - plain: +" in report or "bn - plain: -" in report
+    smoothness = report.split("<h2>Smoothness</h2>")[1].split("<h2>Figures")[0]
+    assert "<td>bn / plain</td>" in smoothness and "|" not in smoothness
     assert "|" not in report.split("<h2>Every run</h2>")[1].split("<h2>Figures")[0]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pipeline.analysis.grouping import Group
 
@@ -193,23 +194,31 @@ def update_ratio_figure(groups: list[Group]) -> plt.Figure | None:
     return figure
 
 
-LANDSCAPE_PANELS = (
-    ("loss_variation", "loss variation along the step"),
-    ("gradient_change", "gradient change ‖Δ∇L‖"),
-    ("beta_smoothness", "effective β-smoothness"),
+def _relative_gradient_change(row: Mapping[str, float]) -> float:
+    norm = row["gradient_norm"]
+    return row["gradient_change"] / norm if norm > 0 else math.nan
+
+
+LANDSCAPE_PANELS: tuple[tuple[str, Callable[[Mapping[str, float]], float]], ...] = (
+    ("loss variation along the step", lambda row: row["loss_variation"]),
+    ("gradient change ‖Δ∇L‖", lambda row: row["gradient_change"]),
+    ("effective β-smoothness", lambda row: row["beta_smoothness"]),
+    # The gradient's change in units of itself: a flat plateau cannot look smooth by it.
+    ("relative gradient change ‖Δ∇L‖ / ‖∇L‖", _relative_gradient_change),
 )
 
 
 def landscape_figure(runs: Mapping[str, Sequence[Sequence[Mapping[str, float]]]]) -> plt.Figure:
-    """Santurkar et al.'s three measures against the training step, one colour per variant:
-    the geometric mean over its seeds (steps all seeds measured), shaded from the lowest to
-    the highest seed; log scale."""
-    figure, grid = plt.subplots(1, len(LANDSCAPE_PANELS), figsize=(13, 3.8))
+    """Santurkar et al.'s three measures, and the gradient change relative to the gradient,
+    against the training step, one colour per variant: the geometric mean over its seeds
+    (steps all seeds measured), shaded from the lowest to the highest seed; log scale."""
+    figure, grid = plt.subplots(1, len(LANDSCAPE_PANELS), figsize=(16, 3.8))
     drawn = False
-    for axes, (field, title) in zip(grid, LANDSCAPE_PANELS, strict=True):
+    for axes, (title, measure) in zip(grid, LANDSCAPE_PANELS, strict=True):
         for (name, seeds), colour in zip(runs.items(), _colours(), strict=False):
             per_seed = [
-                {row["step"]: row[field] for row in rows if row[field] > 0} for rows in seeds
+                {row["step"]: value for row in rows if (value := measure(row)) > 0}
+                for rows in seeds
             ]
             steps = (
                 sorted(set.intersection(*(set(values) for values in per_seed))) if per_seed else []
@@ -223,6 +232,7 @@ def landscape_figure(runs: Mapping[str, Sequence[Sequence[Mapping[str, float]]]]
             axes.plot(steps, centre, color=colour, label=label)
             axes.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
             drawn = True
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda step, _: f"{step / 1000:g}k"))
         axes.set(xlabel="training step", title=title)
         axes.set_yscale("log")
         axes.grid(alpha=0.3, which="both")

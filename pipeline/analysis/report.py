@@ -64,6 +64,7 @@ def write_report(
     differences: list[str],
     figures: dict[str, Path],
     seed_list: list[int],
+    smoothness: list[tuple[str, Table]] | None = None,
 ) -> None:
     """Write the report: the tables, the differences, then each figure embedded as base64."""
     parts = [
@@ -80,6 +81,12 @@ def write_report(
         "<h2>Across seeds</h2>",
         seeds.html(),
         *(f"<p>{html.escape(line)}</p>" for line in differences),
+    ]
+    if smoothness:
+        parts.append("<h2>Smoothness</h2>")
+        for note, table in smoothness:
+            parts += [f"<p>{html.escape(note)}</p>", table.html()]
+    parts += [
         f"<h2>Figures</h2><p>{html.escape(figures_note(seed_list))}</p>",
     ]
     for key, caption in FIGURES:

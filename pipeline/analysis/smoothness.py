@@ -116,10 +116,22 @@ def smoothness(summary: Summary, baseline_variant: str = "plain") -> Smoothness:
     return Smoothness(rows, ratios)
 
 
-def smoothness_markdown(result: Smoothness) -> str:
-    """The section a summary's page gains when some of its runs were probed ("" otherwise)."""
+ROWS_NOTE = (
+    "Loss landscape along training's steps (train.probe.landscape; Santurkar et al. 2018): "
+    "per run the geometric mean over its measured steps, per row the geometric mean over its "
+    "runs. Smaller is smoother; relative_gradient_change is the gradient change over the "
+    "gradient's norm, which a run on a plateau cannot win by being flat."
+)
+RATIOS_NOTE = (
+    "Between variants: the ratio of the geometric means, with the 95% Welch interval of the "
+    "mean log10 difference (below 1: smoother than the baseline variant)."
+)
+
+
+def smoothness_tables(result: Smoothness) -> list[tuple[str, Table]]:
+    """The section's tables with the sentence that precedes each ([] where nothing was probed)."""
     if not result.rows:
-        return ""
+        return []
     rows = Table(
         ("group", "variant", "probed runs", "measures per run", *STATISTICS),
         "llrr" + "r" * len(STATISTICS),
@@ -134,45 +146,30 @@ def smoothness_markdown(result: Smoothness) -> str:
             for row in result.rows
         ],
     )
-    lines = [
-        "Loss landscape along training's steps (train.probe.landscape; Santurkar et al. 2018): "
-        "per run the geometric mean over its measured steps, per row the geometric mean over "
-        "its runs. Smaller is smoother.",
-        "",
-        rows.markdown(),
-    ]
-    if result.ratios:
-        pairs = sorted({(r.group, r.variant, r.baseline) for r in result.ratios})
-        table = Table(
+    tables = [(ROWS_NOTE, rows)]
+    cells = {(r.group, r.variant, r.baseline, r.statistic): r.cell() for r in result.ratios}
+    pairs = sorted({(r.group, r.variant, r.baseline) for r in result.ratios})
+    if pairs:
+        ratios = Table(
             ("group", "ratio", *STATISTICS),
             "ll" + "r" * len(STATISTICS),
             [
                 (
                     group,
                     f"{variant} / {baseline}",
-                    *(
-                        next(
-                            (
-                                r.cell()
-                                for r in result.ratios
-                                if (r.group, r.variant, r.statistic) == (group, variant, name)
-                            ),
-                            "–",
-                        )
-                        for name in STATISTICS
-                    ),
+                    *(cells.get((group, variant, baseline, name), "–") for name in STATISTICS),
                 )
                 for group, variant, baseline in pairs
             ],
         )
-        lines += [
-            "",
-            "Between variants: the ratio of the geometric means, with the 95% Welch interval "
-            "of the mean log10 difference (below 1: smoother than the baseline variant).",
-            "",
-            table.markdown(),
-        ]
-    return "\n".join(lines) + "\n"
+        tables.append((RATIOS_NOTE, ratios))
+    return tables
+
+
+def smoothness_markdown(result: Smoothness) -> str:
+    """The section a summary's page gains when some of its runs were probed ("" otherwise)."""
+    tables = smoothness_tables(result)
+    return "".join(f"{note}\n\n{table.markdown()}\n\n" for note, table in tables)[:-1]
 
 
 def smoothness_json(result: Smoothness) -> dict[str, list[dict[str, object]]]:
