@@ -13,8 +13,9 @@ holds several variants, each variant's difference to `--baseline-variant` (what 
 that setting), with a 95% Welch interval.
 
 OUT-update_ratios.png draws each group's update-to-weight ratio per layer (first and last
-epoch). Every run read is also written, with its params and its per-layer probes (update
-ratio, gradient norm, saturated fraction, mean activation derivative, per epoch), to
+epoch); OUT-landscape.png, where runs were probed, their landscape measures over training.
+Every run read is also written, with its params and its per-layer probes (update ratio,
+gradient norm, saturated fraction, mean activation derivative, per epoch), to
 OUT.runs.json, with the landscape measures of runs that took them (a smoothness section
 then follows the table: pipeline/analysis/smoothness.py); `--add-runs` reads such files
 back, so that a grid run in parts, on machines whose stores are gone, is summarized whole.
@@ -29,11 +30,16 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline import tracking
-from pipeline.analysis.figures import update_ratio_figure
+from pipeline.analysis.figures import landscape_figure, update_ratio_figure
 from pipeline.analysis.mlflow_runs import failed_training_runs, training_runs
 from pipeline.analysis.render import grid_json, grid_markdown
 from pipeline.analysis.runs import RunResult, with_added_runs, write_runs
-from pipeline.analysis.smoothness import smoothness, smoothness_json, smoothness_markdown
+from pipeline.analysis.smoothness import (
+    landscape_series,
+    smoothness,
+    smoothness_json,
+    smoothness_markdown,
+)
 from pipeline.analysis.summary import Summary, summarize
 from pipeline.analysis.sweep import SweepPoint, sweep_figure, sweep_points, sweep_table
 from pipeline.cli import add_common_arguments, run_stage
@@ -78,11 +84,12 @@ def write_summary(
     runs: list[RunResult],
     sweep: list[SweepPoint] | None = None,
     sweep_key: str = "",
+    landscape_from_step: int = 0,
 ) -> str:
     """OUT.md, OUT.json, OUT.runs.json, OUT-update_ratios.png and, for a sweep,
     OUT-sweep.png; returns the Markdown."""
     table = grid_markdown(summary)
-    landscape = smoothness(summary)
+    landscape = smoothness(summary, from_step=landscape_from_step)
     if landscape.rows:
         table += f"\n{smoothness_markdown(landscape)}"
     if sweep:
@@ -94,6 +101,10 @@ def write_summary(
         record["smoothness"] = smoothness_json(landscape)
     write_json(out.with_suffix(".json"), record)
     write_runs(out.with_suffix(".runs.json"), runs)
+    if landscape.rows:
+        save(
+            landscape_figure(landscape_series(summary)), out.with_name(f"{out.name}-landscape.png")
+        )
     figure = update_ratio_figure(summary.groups)
     if figure is not None:
         save(figure, out.with_name(f"{out.name}-update_ratios.png"))
@@ -124,6 +135,14 @@ def main() -> None:
         "write which values each variant tolerates, and OUT-sweep.png",
     )
     parser.add_argument(
+        "--landscape-from-step",
+        type=int,
+        default=0,
+        metavar="STEP",
+        help="the smoothness section reads the landscape measures from this training step on "
+        "(default 0: all of them)",
+    )
+    parser.add_argument(
         "--add-runs",
         nargs="+",
         type=Path,
@@ -146,7 +165,7 @@ def run(params: Params, args: argparse.Namespace) -> Summary:
     runs, failed = load_runs(params, args.filter, args.experiments, args.add_runs)
     summary = summarize(runs, args.reference, args.baseline_variant)
     sweep = sweep_points(summary, args.sweep, failed) if args.sweep else None
-    print(write_summary(args.out, summary, runs, sweep, args.sweep or ""))
+    print(write_summary(args.out, summary, runs, sweep, args.sweep or "", args.landscape_from_step))
     log.info(
         "%d runs in %d groups; wrote %s.md, .json, .runs.json",
         len(runs),

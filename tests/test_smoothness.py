@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from pipeline.analysis.figures import landscape_figure
 from pipeline.analysis.runs import RunResult, read_runs, write_runs
 from pipeline.analysis.smoothness import (
     STATISTICS,
+    landscape_series,
     run_smoothness,
     smoothness,
     smoothness_json,
     smoothness_markdown,
 )
 from pipeline.analysis.summary import summarize
+from pipeline.png import save
 
 
 def probed(variant: str, seed: int, scale: float, steps: int = 3) -> RunResult:
@@ -91,3 +94,24 @@ def test_the_measures_survive_the_runs_records(tmp_path: Path) -> None:
     runs = [probed("bn", 1, 0.2), probed("plain", 1, 1.0)]
     write_runs(tmp_path / "part.runs.json", runs)
     assert read_runs(tmp_path / "part.runs.json") == runs
+
+
+def test_a_window_reads_only_the_measures_from_its_step_on() -> None:
+    run = probed("bn", 1, 0.5)  # measured at steps 0, 500 and 1000
+    assert run_smoothness(run, from_step=500)["loss_variation"] == pytest.approx(
+        stats.gmean([1.0, 1.5])
+    )
+    assert run_smoothness(run, from_step=1500) == {}
+    result = smoothness(summarize([run, probed("plain", 1, 1.0)]), from_step=500)
+    assert {row.measures for row in result.rows} == {2}
+    assert "Measures from training step 500 on." in smoothness_markdown(result)
+    assert smoothness_json(result)["from_step"] == 500
+
+
+def test_the_figure_draws_each_variants_seeds(tmp_path: Path) -> None:
+    runs = [probed("bn", seed, 0.2 + seed / 10) for seed in (1, 2)] + [probed("plain", 1, 1.0)]
+    series = landscape_series(summarize(runs))
+    assert {name: len(seeds) for name, seeds in series.items()} == {"bn": 2, "plain": 1}
+    assert [row["step"] for row in series["plain"][0]] == [0.0, 500.0, 1000.0]
+    save(landscape_figure(series), tmp_path / "landscape.png")
+    assert (tmp_path / "landscape.png").stat().st_size > 20_000

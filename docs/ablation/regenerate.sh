@@ -30,3 +30,7 @@ summary docs/ablation/defaults.runs.json docs/ablation/defaults
 summary docs/tuning/tuned12-plain.runs.json docs/tuning/tuned12-plain --reference abl-D
 summary docs/tuning/tuned12v2-bn.runs.json docs/tuning/tuned12v2-bn
 summary docs/speed/bf16.runs.json docs/speed/bf16 --reference abl-D
+summary docs/landscape/defaults.runs.json docs/landscape/defaults
+summary docs/landscape/defaults.runs.json docs/landscape/defaults-second-half --landscape-from-step 7035
+# The same runs as defaults: its figures are those of defaults.
+rm -f docs/landscape/defaults-second-half-{update_ratios,landscape}.png

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.analysis.render import Table
 from pipeline.analysis.runs import RunResult
@@ -27,9 +28,13 @@ from pipeline.analysis.summary import Summary
 STATISTICS = ("loss_variation", "gradient_change", "beta_smoothness", "relative_gradient_change")
 
 
-def run_smoothness(run: RunResult) -> dict[str, float]:
-    """Each statistic's geometric mean over the run's measured steps; {} if it was not probed."""
-    landscape = dict(run.landscape)
+def run_smoothness(run: RunResult, from_step: int = 0) -> dict[str, float]:
+    """Each statistic's geometric mean over the run's steps measured from `from_step` on; {}
+    if none was."""
+    landscape = {
+        name: {step: value for step, value in values.items() if int(step) >= from_step}
+        for name, values in run.landscape.items()
+    }
     if not landscape.get("gradient_change"):
         return {}
     norms = landscape.get("gradient_norm", {})
@@ -39,6 +44,23 @@ def run_smoothness(run: RunResult) -> dict[str, float]:
         if norms.get(step, 0) > 0
     }
     return {name: _geometric_mean(list(landscape.get(name, {}).values())) for name in STATISTICS}
+
+
+def landscape_series(summary: Summary) -> dict[str, list[list[dict[str, float]]]]:
+    """The probed runs' measures as `landscape_figure` draws them: per variant (per group and
+    variant where there are several groups), one list of rows per seed."""
+    series: dict[str, list[list[dict[str, float]]]] = {}
+    for row in summary.rows:
+        name = row.variant if len(summary.groups) == 1 else f"{row.group}: {row.variant}"
+        for run in row.runs:
+            steps = sorted(run.landscape.get("gradient_change", {}), key=int)
+            if steps:
+                rows = [
+                    {"step": float(step), **{k: v[step] for k, v in run.landscape.items()}}
+                    for step in steps
+                ]
+                series.setdefault(name, []).append(rows)
+    return series
 
 
 @dataclass(frozen=True)
@@ -80,17 +102,19 @@ class SmoothnessRatio:
 class Smoothness:
     rows: list[SmoothnessRow]
     ratios: list[SmoothnessRatio]
+    from_step: int = 0  # the training step the measures are read from
 
 
-def smoothness(summary: Summary, baseline_variant: str = "plain") -> Smoothness:
-    """The smoothness rows and ratios of a summary's groups (empty where no run was probed)."""
+def smoothness(summary: Summary, baseline_variant: str = "plain", from_step: int = 0) -> Smoothness:
+    """The smoothness rows and ratios of a summary's groups (empty where no run was probed),
+    of the measures taken from training step `from_step` on."""
     rows, ratios = [], []
     for group in summary.groups:
         probed: dict[str, list[dict[str, float]]] = {}
         for row in summary.rows:
             if row.group != group.name:
                 continue
-            measured = [(run, run_smoothness(run)) for run in row.runs]
+            measured = [(run, run_smoothness(run, from_step)) for run in row.runs]
             measured = [(run, values) for run, values in measured if values]
             if not measured:
                 continue
@@ -99,7 +123,9 @@ def smoothness(summary: Summary, baseline_variant: str = "plain") -> Smoothness:
                 name: _geometric_mean([values[name] for _, values in measured])
                 for name in STATISTICS
             }
-            steps = len(measured[0][0].landscape["gradient_change"])
+            steps = sum(
+                int(step) >= from_step for step in measured[0][0].landscape["gradient_change"]
+            )
             rows.append(SmoothnessRow(group.name, row.variant, len(measured), steps, means))
         base = probed.get(baseline_variant)
         if not base:
@@ -113,7 +139,7 @@ def smoothness(summary: Summary, baseline_variant: str = "plain") -> Smoothness:
                 if log_a and log_b:
                     gap = difference(log_a, log_b)
                     ratios.append(SmoothnessRatio(group.name, variant, baseline_variant, name, gap))
-    return Smoothness(rows, ratios)
+    return Smoothness(rows, ratios, from_step)
 
 
 ROWS_NOTE = (
@@ -146,7 +172,8 @@ def smoothness_tables(result: Smoothness) -> list[tuple[str, Table]]:
             for row in result.rows
         ],
     )
-    tables = [(ROWS_NOTE, rows)]
+    window = f" Measures from training step {result.from_step} on." if result.from_step else ""
+    tables = [(ROWS_NOTE + window, rows)]
     cells = {(r.group, r.variant, r.baseline, r.statistic): r.cell() for r in result.ratios}
     pairs = sorted({(r.group, r.variant, r.baseline) for r in result.ratios})
     if pairs:
@@ -172,9 +199,10 @@ def smoothness_markdown(result: Smoothness) -> str:
     return "".join(f"{note}\n\n{table.markdown()}\n\n" for note, table in tables)[:-1]
 
 
-def smoothness_json(result: Smoothness) -> dict[str, list[dict[str, object]]]:
+def smoothness_json(result: Smoothness) -> dict[str, Any]:
     """The rows and ratios as JSON (a bound that does not exist is null)."""
     return {
+        "from_step": result.from_step,
         "rows": [
             {
                 "group": row.group,
