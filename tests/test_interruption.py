@@ -28,11 +28,14 @@ def dead_pid() -> int:
     return process.pid
 
 
-def test_runs_left_running_by_dead_processes_are_marked_killed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite store with the experiment `interrupted`; returns its id."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment_id = tracking.connect("interrupted")
+    return tracking.connect("interrupted")
+
+
+def test_runs_left_running_by_dead_processes_are_marked_killed(store: str) -> None:
     client = MlflowClient()
     here = tracking.process_tags()[names.HOST_TAG]
     owners = {
@@ -41,7 +44,7 @@ def test_runs_left_running_by_dead_processes_are_marked_killed(
         "elsewhere": {names.HOST_TAG: "another-machine", names.PID_TAG: str(dead_pid())},
     }
     runs = {
-        name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        name: client.create_run(store, run_name=name, tags=tags).info.run_id
         for name, tags in owners.items()
     }
 
@@ -51,21 +54,16 @@ def test_runs_left_running_by_dead_processes_are_marked_killed(
     assert statuses == {"dead here": "KILLED", "alive here": "RUNNING", "elsewhere": "RUNNING"}
 
 
-def test_a_run_reopened_beside_a_starting_stage_is_not_marked_killed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_run_reopened_beside_a_starting_stage_is_not_marked_killed(store: str) -> None:
     # evaluate reopens the run a training process made and left; a stage connecting
     # meanwhile (a parallel queue worker) must not take it for that dead process's orphan.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment_id = tracking.connect("reopened")
     client = MlflowClient()
-    here = tracking.process_tags()[names.HOST_TAG]
-    trained = {names.HOST_TAG: here, names.PID_TAG: str(dead_pid())}
-    run_id = client.create_run(experiment_id, run_name="bn-1", tags=trained).info.run_id
+    trained = {**tracking.process_tags(), names.PID_TAG: str(dead_pid())}
+    run_id = client.create_run(store, run_name="bn-1", tags=trained).info.run_id
     client.set_terminated(run_id, "FINISHED")
 
     with tracking.resumed_run(run_id):
-        tracking.connect("reopened")
+        tracking.connect("interrupted")
         assert client.get_run(run_id).info.status == "RUNNING"
     assert client.get_run(run_id).info.status == "FINISHED"
 
