@@ -3,6 +3,7 @@ variant, and bn / plain ratios with Welch intervals on the log values."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -115,3 +116,25 @@ def test_the_figure_draws_each_variants_seeds(tmp_path: Path) -> None:
     assert [row["step"] for row in series["plain"][0]] == [0.0, 500.0, 1000.0]
     save(landscape_figure(series), tmp_path / "landscape.png")
     assert (tmp_path / "landscape.png").stat().st_size > 20_000
+
+
+def test_the_curves_roughness_is_compared_between_variants() -> None:
+    def with_curve(run: RunResult, curve: list[float]) -> RunResult:
+        return dataclasses.replace(
+            run, val_accuracy={str(epoch + 1): value for epoch, value in enumerate(curve)}
+        )
+
+    bn = [with_curve(probed("bn", s, 0.2), [0.3, 0.5, 0.4, 0.6 + s / 100]) for s in (1, 2)]
+    plain = [with_curve(probed("plain", s, 1.0), [0.1, 0.3, 0.5 + s / 100]) for s in (1, 2)]
+    stuck = with_curve(probed("plain", 3, 1.0), [0.1, 0.1, 0.1])  # no roughness: left out
+    (gap,) = smoothness(summarize([*bn, *plain, stuck])).roughness
+    assert gap.roughness.n == (2, 2)
+    welch = stats.ttest_ind(
+        [run.val_accuracy_roughness for run in bn],
+        [run.val_accuracy_roughness for run in plain],
+        equal_var=False,
+    ).confidence_interval()
+    assert (gap.roughness.low, gap.roughness.high) == pytest.approx((welch.low, welch.high))
+    assert "validation accuracy curve roughness, bn − plain: +" in smoothness_markdown(
+        smoothness(summarize([*bn, *plain, stuck]))
+    )

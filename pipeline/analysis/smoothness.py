@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.analysis.render import Table
@@ -99,10 +99,31 @@ class SmoothnessRatio:
 
 
 @dataclass(frozen=True)
+class RoughnessGap:
+    """Within one group, variant − baseline of the validation-accuracy curve's roughness
+    (`curve_roughness`, over the runs that left chance): the article's own words, smoother
+    training curves."""
+
+    group: str
+    variant: str
+    baseline: str
+    roughness: Difference
+
+    def sentence(self) -> str:
+        p = self.roughness.permutation_p
+        permutation = "" if math.isnan(p) else f"; exact permutation p = {p:.3g}"
+        return (
+            f"{self.group}: validation accuracy curve roughness, {self.variant} − "
+            f"{self.baseline}: {self.roughness.describe()}{permutation}"
+        )
+
+
+@dataclass(frozen=True)
 class Smoothness:
     rows: list[SmoothnessRow]
     ratios: list[SmoothnessRatio]
     from_step: int = 0  # the training step the measures are read from
+    roughness: list[RoughnessGap] = field(default_factory=list)
 
 
 def smoothness(summary: Summary, baseline_variant: str = "plain", from_step: int = 0) -> Smoothness:
@@ -139,7 +160,28 @@ def smoothness(summary: Summary, baseline_variant: str = "plain", from_step: int
                 if log_a and log_b:
                     gap = difference(log_a, log_b)
                     ratios.append(SmoothnessRatio(group.name, variant, baseline_variant, name, gap))
-    return Smoothness(rows, ratios, from_step)
+    return Smoothness(rows, ratios, from_step, _roughness_gaps(summary, baseline_variant))
+
+
+def _roughness_gaps(summary: Summary, baseline_variant: str) -> list[RoughnessGap]:
+    gaps = []
+    for group in summary.groups:
+        curves = {
+            row.variant: [
+                run.val_accuracy_roughness
+                for run in row.runs
+                if math.isfinite(run.val_accuracy_roughness)
+            ]
+            for row in summary.rows
+            if row.group == group.name
+        }
+        base = curves.get(baseline_variant)
+        for variant, values in curves.items():
+            if variant != baseline_variant and values and base:
+                gaps.append(
+                    RoughnessGap(group.name, variant, baseline_variant, difference(values, base))
+                )
+    return gaps
 
 
 ROWS_NOTE = (
@@ -196,7 +238,11 @@ def smoothness_tables(result: Smoothness) -> list[tuple[str, Table]]:
 def smoothness_markdown(result: Smoothness) -> str:
     """The section a summary's page gains when some of its runs were probed ("" otherwise)."""
     tables = smoothness_tables(result)
-    return "".join(f"{note}\n\n{table.markdown()}\n\n" for note, table in tables)[:-1]
+    if not tables:
+        return ""
+    page = "".join(f"{note}\n\n{table.markdown()}\n\n" for note, table in tables)
+    page += "".join(f"- {gap.sentence()}\n" for gap in result.roughness)
+    return page.rstrip("\n") + "\n"
 
 
 def smoothness_json(result: Smoothness) -> dict[str, Any]:
@@ -228,6 +274,21 @@ def smoothness_json(result: Smoothness) -> dict[str, Any]:
                 "runs": list(ratio.log10.n),
             }
             for ratio in result.ratios
+        ],
+        "roughness": [
+            {
+                "group": gap.group,
+                "variant": gap.variant,
+                "baseline": gap.baseline,
+                "difference": gap.roughness.mean,
+                "ci_low": None if math.isnan(gap.roughness.low) else gap.roughness.low,
+                "ci_high": None if math.isnan(gap.roughness.high) else gap.roughness.high,
+                "permutation_p": (
+                    None if math.isnan(gap.roughness.permutation_p) else gap.roughness.permutation_p
+                ),
+                "runs": list(gap.roughness.n),
+            }
+            for gap in result.roughness
         ],
     }
 
