@@ -40,7 +40,10 @@ def seed_band(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point by point over seeds: the mean (geometric, for a log axis) and the min and max."""
     values = np.asarray(series, dtype=float)
-    centre = np.exp(np.log(values).mean(axis=0)) if geometric else values.mean(axis=0)
+    # A seed at 0 (a layer that did not move, say) makes the geometric mean 0, as it should;
+    # log(0) = -inf is that, not an error to print.
+    with np.errstate(divide="ignore"):
+        centre = np.exp(np.log(values).mean(axis=0)) if geometric else values.mean(axis=0)
     return centre, values.min(axis=0), values.max(axis=0)
 
 
