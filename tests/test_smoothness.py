@@ -138,3 +138,28 @@ def test_the_curves_roughness_is_compared_between_variants() -> None:
     assert "validation accuracy curve roughness, bn − plain: +" in smoothness_markdown(
         smoothness(summarize([*bn, *plain, stuck]))
     )
+
+
+def test_a_grids_figure_names_each_group_by_its_factors() -> None:
+    runs = [probed("bn", 1, 0.2), probed("plain", 1, 1.0)]
+    runs += [
+        dataclasses.replace(
+            run,
+            run_id=run.run_id + "fast",
+            experiment="lr-1e-2",
+            params={**run.params, "train.learning_rate": "0.01"},
+        )
+        for run in runs
+    ]
+    runs = [
+        run
+        if "train.learning_rate" in run.params
+        else dataclasses.replace(run, params={**run.params, "train.learning_rate": "0.001"})
+        for run in runs
+    ]
+    assert sorted(landscape_series(summarize(runs))) == [
+        "learning_rate=0.001: bn",
+        "learning_rate=0.001: plain",
+        "learning_rate=0.01: bn",
+        "learning_rate=0.01: plain",
+    ]

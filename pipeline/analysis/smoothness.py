@@ -50,8 +50,17 @@ def landscape_series(summary: Summary) -> dict[str, list[list[dict[str, float]]]
     """The probed runs' measures as `landscape_figure` draws them: per variant (per group and
     variant where there are several groups), one list of rows per seed."""
     series: dict[str, list[list[dict[str, float]]]] = {}
+    # A legend names a group by its factors (`learning_rate=0.01`): its experiments' names
+    # can fill the figure.
+    labels = {
+        group.name: ", ".join(
+            f"{key.split('.')[-1]}={value}" for key, value in group.factors.items()
+        )
+        or group.name
+        for group in summary.groups
+    }
     for row in summary.rows:
-        name = row.variant if len(summary.groups) == 1 else f"{row.group}: {row.variant}"
+        name = row.variant if len(summary.groups) == 1 else f"{labels[row.group]}: {row.variant}"
         for run in row.runs:
             steps = sorted(run.landscape.get("gradient_change", {}), key=int)
             if steps:
