@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.analysis.render import Table
+from pipeline.analysis.render import Table, interval_or_none
 from pipeline.analysis.runs import RunResult
 from pipeline.analysis.stats import Difference, difference
 from pipeline.analysis.summary import Summary
@@ -275,11 +275,9 @@ def smoothness_json(result: Smoothness) -> dict[str, Any]:
                 "baseline": ratio.baseline,
                 "statistic": ratio.statistic,
                 "ratio": ratio.ratio,
-                "ci_low": None if math.isnan(ratio.log10.low) else 10**ratio.log10.low,
-                "ci_high": None if math.isnan(ratio.log10.high) else 10**ratio.log10.high,
-                "permutation_p": (
-                    None if math.isnan(ratio.log10.permutation_p) else ratio.log10.permutation_p
-                ),
+                "ci_low": interval_or_none(10**ratio.log10.low),
+                "ci_high": interval_or_none(10**ratio.log10.high),
+                "permutation_p": interval_or_none(ratio.log10.permutation_p),
                 "runs": list(ratio.log10.n),
             }
             for ratio in result.ratios
@@ -290,11 +288,9 @@ def smoothness_json(result: Smoothness) -> dict[str, Any]:
                 "variant": gap.variant,
                 "baseline": gap.baseline,
                 "difference": gap.roughness.mean,
-                "ci_low": None if math.isnan(gap.roughness.low) else gap.roughness.low,
-                "ci_high": None if math.isnan(gap.roughness.high) else gap.roughness.high,
-                "permutation_p": (
-                    None if math.isnan(gap.roughness.permutation_p) else gap.roughness.permutation_p
-                ),
+                "ci_low": interval_or_none(gap.roughness.low),
+                "ci_high": interval_or_none(gap.roughness.high),
+                "permutation_p": interval_or_none(gap.roughness.permutation_p),
                 "runs": list(gap.roughness.n),
             }
             for gap in result.roughness

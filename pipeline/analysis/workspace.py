@@ -60,11 +60,14 @@ class WorkspaceRun:
             first_layer_update=ratios.get("conv1", {}).get("1", math.nan),
             update_ratios=ratios,
             val_accuracy=validation,
-            landscape={
-                statistic: {str(int(row["step"])): row[statistic] for row in self.landscape}
-                for statistic in LANDSCAPE_STATISTICS
+            landscape=(
+                {
+                    statistic: {str(int(row["step"])): row[statistic] for row in self.landscape}
+                    for statistic in LANDSCAPE_STATISTICS
+                }
                 if self.landscape
-            },
+                else {}
+            ),
         )
 
 
