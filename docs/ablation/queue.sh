@@ -9,6 +9,10 @@
 # one variant (its stages are the targets): plain, or bn for the names ending in -bn.
 # SEEDS="4 5" in the environment replaces each experiment's seeds, to add seeds in a later part
 # (the experiment is then named e.g. abl-A-eps-seeds-4-5).
+# SETTINGS="key=value ..." adds settings to every experiment and SUFFIX="-x" appends to their
+# names, e.g. the landscape probe at the article's setup (it leaves training bit-identical):
+#   SEEDS="1 2 3" SETTINGS="train.probe.landscape.every_steps=500" SUFFIX=-landscape \
+#     docs/ablation/queue.sh <source> abl-A abl-A-bn
 # A is the article's code, D the project's defaults; abl-A-x is A with setting x back at its
 # default, abl-D+x is D with the article's x alone.
 set -euo pipefail
@@ -39,10 +43,10 @@ seeds_for() {  # five seeds for the two factors the question turns on, three for
 queue() {  # queue <name> <variant> "<seeds>" [settings...]
   # Added seeds run as a second experiment (DVC refuses a name twice), named after them;
   # pipeline.ablation groups it with the first, their settings being the same.
-  local name=$1${SEEDS:+-seeds-${SEEDS// /-}} variant=$2 seeds=${SEEDS:-$3}
+  local name=$1${SEEDS:+-seeds-${SEEDS// /-}}${SUFFIX:-} variant=$2 seeds=${SEEDS:-$3}
   shift 3
   local args=() targets=() setting pair
-  for setting in "$@"; do
+  for setting in "$@" ${SETTINGS:-}; do
     IFS=';' read -ra pairs <<<"$setting"
     for pair in "${pairs[@]}"; do args+=(-S "$pair"); done
   done
