@@ -153,15 +153,21 @@ def make_datasets(
     )
     if not is_identity(settings.augmentation):
         augment = RandomAffine(settings.augmentation, seed)
-        train = train.map(
-            lambda x, y: (augment(x, training=True), y),
+
+        def augment_images(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return augment(x, training=True), y
+
+        if settings.deterministic:
             # Under op determinism tf.data runs a map with random ops sequentially anyway, by
             # rewriting it into a MapDataset that keeps ParallelMapDataset's attributes, and
             # TensorFlow 2.21 then logs an "E0000 ... use_unbounded_threadpool" line on every
-            # run. Asking for the sequential map itself computes the same and logs nothing.
-            num_parallel_calls=None if settings.deterministic else os.cpu_count() or 1,
-            deterministic=True,
-        )
+            # run. Asking for the sequential map itself computes the same and logs nothing
+            # (and `deterministic=` given to a sequential map only earns a warning).
+            train = train.map(augment_images)
+        else:
+            train = train.map(
+                augment_images, num_parallel_calls=os.cpu_count() or 1, deterministic=True
+            )
     steps = None
     if settings.epoch_fraction < 1:
         # The article's half-epochs: an endless stream cut into shorter "epochs".
