@@ -18,7 +18,7 @@ from pipeline.analysis.figures import (
     preactivation_figure,
 )
 from pipeline.analysis.report import write_report
-from pipeline.analysis.smoothness import smoothness, smoothness_tables
+from pipeline.analysis.smoothness import landscape_series, smoothness, smoothness_tables
 from pipeline.analysis.summary import Summary, summarize
 from pipeline.analysis.workspace import WorkspaceRun, workspace_runs
 from pipeline.cli import run_stage, stage_parser
@@ -58,7 +58,7 @@ def run(params: Params, stores: Stores) -> Summary:
         [run.result() for run in runs], baseline_variant=variants[0], variant_order=variants
     )
     out = comparison_files(params.paths)
-    write_figures(runs, out)
+    write_figures(runs, summary, out)
     write_text(out["summary_md"], comparison.summary_markdown(runs, summary))
     write_json(out["summary_json"], comparison.summary_json(runs, summary))
     write_json(out["headline"], comparison.headline(summary))
@@ -84,8 +84,9 @@ def run(params: Params, stores: Stores) -> Summary:
     return summary
 
 
-def write_figures(runs: list[WorkspaceRun], out: dict[str, Path]) -> None:
-    """The figures show every seed (mean and range); the CSVs for `dvc plots` the first seed."""
+def write_figures(runs: list[WorkspaceRun], summary: Summary, out: dict[str, Path]) -> None:
+    """The figures show every seed (mean and range); the CSVs for `dvc plots` the first seed.
+    The landscape is drawn from the summary, as `pipeline.ablation` draws it."""
     by_variant: dict[str, list[WorkspaceRun]] = {}
     for run in runs:
         by_variant.setdefault(run.variant, []).append(run)
@@ -104,8 +105,7 @@ def write_figures(runs: list[WorkspaceRun], out: dict[str, Path]) -> None:
         save(layer_profile_figure(probes, field, title, log_scale=log_scale), out[key])
     histograms = {v: [run.histograms for run in seeds] for v, seeds in by_variant.items()}
     save(preactivation_figure(runs[0].histogram_edges, histograms), out["preactivations_png"])
-    landscapes = {v: [run.landscape for run in seeds] for v, seeds in by_variant.items()}
-    save(landscape_figure(landscapes), out["landscape_png"])
+    save(landscape_figure(landscape_series(summary)), out["landscape_png"])
 
 
 def log_to_mlflow(
