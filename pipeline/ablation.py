@@ -19,6 +19,8 @@ gradient norm, saturated fraction, mean activation derivative, per epoch), to
 OUT.runs.json, with the landscape measures of runs that took them (a smoothness section
 then follows the table: pipeline/analysis/smoothness.py); `--add-runs` reads such files
 back, so that a grid run in parts, on machines whose stores are gone, is summarized whole.
+Each run's record also keeps what its training cost and where it ran, and a cost section
+closes the table: training minutes per group and variant, the probes' share of them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline import tracking
+from pipeline.analysis.cost import cost_json, cost_markdown, cost_rows
 from pipeline.analysis.figures import landscape_figure, update_ratio_figure
 from pipeline.analysis.mlflow_runs import failed_training_runs, training_runs
 from pipeline.analysis.render import grid_json, grid_markdown
@@ -95,10 +98,15 @@ def write_summary(
     if sweep:
         table += f"\nThe sweep over {sweep_key}:\n\n{sweep_table(sweep, sweep_key).markdown()}\n"
         save(sweep_figure(sweep, sweep_key), out.with_name(f"{out.name}-sweep.png"))
+    cost = cost_rows(summary)
+    if cost:
+        table += f"\n{cost_markdown(cost)}"
     write_text(out.with_suffix(".md"), table)
     record = grid_json(summary)
     if landscape.rows:
         record["smoothness"] = smoothness_json(landscape)
+    if cost:
+        record["cost"] = cost_json(cost)
     write_json(out.with_suffix(".json"), record)
     write_runs(out.with_suffix(".runs.json"), runs)
     if landscape.rows:

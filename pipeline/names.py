@@ -35,6 +35,8 @@ SPEED_METRICS = (
     "landscape_seconds",
     "landscape_overhead",
 )
+# What a run's training cost, kept in each run's record (pipeline/analysis/cost.py).
+COST_METRICS = ("wall_seconds", "probe_overhead", "landscape_overhead")
 VAL_ACCURACY = "val_accuracy"
 TEST_ACCURACY = "test_accuracy"
 TEST_LOSS = "test_loss"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.analysis.cost import cost_markdown, cost_rows
 from pipeline.analysis.grouping import group_runs
 from pipeline.analysis.runs import RunResult, comparable_params, with_added_runs
 from pipeline.analysis.summary import summarize
@@ -131,3 +132,34 @@ def test_a_sweep_says_which_rates_each_variant_tolerates(tmp_path: Path) -> None
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     with pytest.raises(PipelineError, match="do not differ in train.epochs"):
         sweep_points(summary, "train.epochs")
+
+
+def test_the_cost_section_counts_the_runs_that_kept_their_cost() -> None:
+    def costed(seed: int, minutes: float, landscape: float, **params: str) -> RunResult:
+        return dataclasses.replace(
+            run(seed, **params),
+            cost={
+                "wall_seconds": minutes * 60,
+                "probe_overhead": 0.01,
+                "landscape_overhead": landscape,
+            },
+            device="CPU: test",
+        )
+
+    probed = {"train.probe.landscape.every_steps": "500"}
+    summary = summarize(
+        [
+            costed(1, 6.0, 0.09, **probed),
+            costed(2, 8.0, 0.11, **probed),
+            run(3, **probed),  # a record written before the cost was kept
+            costed(1, 5.0, 0.0),
+        ]
+    )
+    rows = {row.group: row for row in cost_rows(summary)}
+    assert [len(row.minutes) for row in rows.values()] == [2, 1]
+    page = cost_markdown(list(rows.values()))
+    assert "In all: 3 runs, 19 minutes of training, on CPU: test." in page
+    lines = page.splitlines()
+    assert any("| 2 | 14 | 6.0–8.0 | 1.0% | 9.0%–11.0% |" in line for line in lines), page
+    assert any("| 1 | 5 | 5.0 | 1.0% | off |" in line for line in lines), page
+    assert cost_markdown([]) == ""

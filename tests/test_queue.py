@@ -163,6 +163,22 @@ def test_ablation_groups_the_experiments_and_compares_them(queued: Path) -> None
         }
         assert set(record["probes"]) == {"grad_norm", "saturated_fraction", "mean_derivative"}
         assert set(record["probes"]["grad_norm"]) >= {"conv1", "conv4", "dense", "classifier"}
+        # What it cost, as the run logged it, and where it trained.
+        run = client.get_run(record["run_id"])
+        assert record["cost"] == {
+            key: run.data.metrics[f"speed/{key}"]
+            for key in ("wall_seconds", "probe_overhead", "landscape_overhead")
+        }
+        assert record["device"] == run.data.tags["device"] != ""
+    minutes = sum(
+        client.get_run(run.info.run_id).data.metrics["speed/wall_seconds"] / 60
+        for runs in truth.values()
+        for run in runs
+    )
+    assert (
+        f"In all: {len(SEEDS) * 4} runs, {minutes:.0f} minutes of training"
+        in (queued / "ablation/table.md").read_text()
+    )
     figure = queued / "ablation/table-update_ratios.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -70,6 +70,12 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
         val_accuracy={epoch: validation[epoch] for epoch in epochs},
         git_commit=tags.get(names.GIT_COMMIT_TAG, tags.get(names.MLFLOW_GIT_COMMIT_TAG, "")),
         landscape=landscape,
+        cost={
+            key: run.data.metrics[names.metric_name(key)]
+            for key in names.COST_METRICS
+            if names.metric_name(key) in run.data.metrics
+        },
+        device=tags.get(names.DEVICE_TAG, ""),
     )
 
 

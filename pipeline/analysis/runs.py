@@ -42,6 +42,10 @@ class RunResult:
     # landscape/<statistic> per measured training step ({statistic: {step: value}}); empty
     # where the landscape probe was off, and in records written before it was kept
     landscape: dict[str, dict[str, float]] = field(default_factory=dict)
+    # what training cost ({wall_seconds, probe_overhead, landscape_overhead}, the overheads as
+    # fractions of the training time); empty in records written before it was kept
+    cost: dict[str, float] = field(default_factory=dict)
+    device: str = ""  # what it trained on (the `device` tag); "" in records written before
 
     @property
     def val_accuracy_roughness(self) -> float:

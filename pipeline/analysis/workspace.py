@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.analysis.runs import RunResult
 from pipeline.history import History, read_history
 from pipeline.layout import VariantFiles, run_name, variant_files
-from pipeline.names import LANDSCAPE_STATISTICS
+from pipeline.names import COST_METRICS, LANDSCAPE_STATISTICS
 from pipeline.params import Params
 from pipeline.probe_files import (
     Histograms,
@@ -68,6 +68,7 @@ class WorkspaceRun:
                 if self.landscape
                 else {}
             ),
+            cost={key: getattr(self.train, key) for key in COST_METRICS},
         )
 
 
