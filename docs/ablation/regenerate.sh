@@ -34,4 +34,5 @@ summary docs/landscape/defaults.runs.json docs/landscape/defaults
 summary docs/landscape/defaults.runs.json docs/landscape/defaults-second-half --landscape-from-step 7035
 # The same runs as defaults: its figures are those of defaults.
 rm -f docs/landscape/defaults-second-half-{update_ratios,landscape}.png
+summary docs/landscape/article.runs.json docs/landscape/article
 summary docs/lr_sweep/part1.runs.json docs/lr_sweep/part1 --sweep train.learning_rate --reference lr-1e-3-plain-seeds-1
