@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 from scipy import stats
@@ -52,3 +53,14 @@ def test_roughness_is_the_path_over_the_net_change_and_flat_runs_have_none() -> 
     assert curve_roughness([0.1, 0.5, 0.3, 0.6]) == pytest.approx((0.4 + 0.2 + 0.3) / 0.5)
     assert math.isnan(curve_roughness([0.1, 0.1, 0.1, 0.1]))  # stuck at chance: no score
     assert math.isnan(curve_roughness([0.1, 0.5]))
+
+
+def test_a_group_stuck_at_chance_beside_one_that_learns_warns_of_nothing() -> None:
+    stuck, learned = [0.10000000149011612] * 3, [0.60, 0.62, 0.65]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's precision-loss warning would raise here
+        gap = difference(stuck, learned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        welch = stats.ttest_ind(stuck, learned, equal_var=False).confidence_interval()
+    assert (gap.low, gap.high) == pytest.approx((welch.low, welch.high))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,12 @@ def difference(a: list[float], b: list[float]) -> Difference:
         return Difference(mean, math.nan, math.nan, n, permutation)
     if statistics.variance(a) == statistics.variance(b) == 0:
         return Difference(mean, math.nan, math.nan, n, permutation, no_spread=True)
-    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
+    with warnings.catch_warnings():
+        if 0 in (statistics.variance(a), statistics.variance(b)):
+            # A group without spread (every seed at chance) has a variance of exactly 0, which
+            # scipy warns may be precision lost to cancellation; here it is exact.
+            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(CONFIDENCE)
     return Difference(mean, float(interval.low), float(interval.high), n, permutation)
 
 
