@@ -32,7 +32,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline import tracking
-from pipeline.analysis.cost import cost_json, cost_markdown, cost_rows
+from pipeline.analysis.cost import cost_json, cost_markdown, cost_rows, uncosted_runs
 from pipeline.analysis.figures import landscape_figure, update_ratio_figure
 from pipeline.analysis.mlflow_runs import failed_training_runs, training_runs
 from pipeline.analysis.render import grid_json, grid_markdown
@@ -100,7 +100,7 @@ def write_summary(
         save(sweep_figure(sweep, sweep_key), out.with_name(f"{out.name}-sweep.png"))
     cost = cost_rows(summary)
     if cost:
-        table += f"\n{cost_markdown(cost)}"
+        table += f"\n{cost_markdown(cost, uncosted_runs(summary))}"
     write_text(out.with_suffix(".md"), table)
     record = grid_json(summary)
     if landscape.rows:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.analysis.cost import cost_markdown, cost_rows
+from pipeline.analysis.cost import cost_markdown, cost_rows, uncosted_runs
 from pipeline.analysis.grouping import group_runs
 from pipeline.analysis.runs import RunResult, comparable_params, with_added_runs
 from pipeline.analysis.summary import summarize
@@ -157,8 +157,10 @@ def test_the_cost_section_counts_the_runs_that_kept_their_cost() -> None:
     )
     rows = {row.group: row for row in cost_rows(summary)}
     assert [len(row.minutes) for row in rows.values()] == [2, 1]
-    page = cost_markdown(list(rows.values()))
-    assert "In all: 3 runs, 19 minutes of training, on CPU: test." in page
+    assert uncosted_runs(summary) == 1
+    page = cost_markdown(list(rows.values()), uncosted_runs(summary))
+    assert "3 runs, 19 minutes of training, on CPU: test; not counted: 1 run whose records" in page
+    assert cost_markdown(list(rows.values())).splitlines()[0].endswith("on CPU: test.")
     lines = page.splitlines()
     assert any("| 2 | 14 | 6.0–8.0 | 1.0% | 9.0%–11.0% |" in line for line in lines), page
     assert any("| 1 | 5 | 5.0 | 1.0% | off |" in line for line in lines), page

@@ -49,8 +49,9 @@ def cost_rows(summary: Summary) -> list[CostRow]:
     return rows
 
 
-def cost_markdown(rows: list[CostRow]) -> str:
-    """The cost section of a summary's page ("" where no run kept its cost)."""
+def cost_markdown(rows: list[CostRow], left_out: int = 0) -> str:
+    """The cost section of a summary's page ("" where no run kept its cost); `left_out`
+    counts the runs read whose records predate the cost."""
     if not rows:
         return ""
     runs = sum(len(row.minutes) for row in rows)
@@ -60,7 +61,13 @@ def cost_markdown(rows: list[CostRow]) -> str:
         "it the per-layer probes and the landscape probe took, from the runs' own records "
         f"(speed/ in MLflow). In all: {runs} runs, "
         f"{sum(row.total_minutes for row in rows):.0f} minutes of training, on "
-        f"{'; '.join(devices) or 'an unrecorded device'}."
+        f"{'; '.join(devices) or 'an unrecorded device'}"
+        + (
+            f"; not counted: {left_out} {'run' if left_out == 1 else 'runs'} whose records "
+            "predate the cost."
+            if left_out
+            else "."
+        )
     )
     return f"{note}\n\n{_cost_table(rows).markdown()}\n"
 
@@ -102,6 +109,11 @@ def cost_json(rows: list[CostRow]) -> list[dict[str, Any]]:
         }
         for row in rows
     ]
+
+
+def uncosted_runs(summary: Summary) -> int:
+    """How many of the summary's runs have records that predate the cost."""
+    return sum(not costed(run) for row in summary.rows for run in row.runs)
 
 
 def costed(run: RunResult) -> bool:
