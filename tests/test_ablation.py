@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.collections import PolyCollection
 
 from pipeline.analysis.cost import cost_markdown, cost_rows, uncosted_runs
 from pipeline.analysis.grouping import group_runs
@@ -128,7 +130,15 @@ def test_a_sweep_says_which_rates_each_variant_tolerates(tmp_path: Path) -> None
     assert by[("plain", 0.01)].roughness.n == 0  # stuck runs have none
     table = sweep_table(points, "train.learning_rate").markdown()
     assert "| plain | 0.01 | 2 | 0.1000 ± 0.0000 (no interval) | 0/2 | 0 | no |" in table
-    save(sweep_figure(points, "train.learning_rate"), tmp_path / "sweep.png")
+    figure = sweep_figure(points, "train.learning_rate")
+    # plain at 0.001 (0.62 and 0.1): its t interval, about [-2.9, 3.7], is drawn within 0-1.
+    assert by[("plain", 0.001)].low < -2 and by[("plain", 0.001)].high > 3
+    bands = [c for c in figure.axes[0].collections if isinstance(c, PolyCollection)]
+    heights = np.concatenate(
+        [np.asarray(path.vertices)[:, 1] for band in bands for path in band.get_paths()]
+    )
+    assert len(bands) == 2 and heights.min() == 0.0 and heights.max() == 1.0
+    save(figure, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     with pytest.raises(PipelineError, match="do not differ in train.epochs"):
         sweep_points(summary, "train.epochs")

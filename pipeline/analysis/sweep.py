@@ -132,7 +132,9 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
 
 def sweep_figure(points: list[SweepPoint], key: str) -> plt.Figure:
     """Test accuracy against the swept value per variant: the mean over seeds with its 95%
-    interval shaded, each seed's run a dot, chance dotted."""
+    interval shaded, each seed's run a dot, chance dotted. The band is clipped to the
+    accuracies that exist, 0 to 1: a t interval over three seeds, one of them at chance,
+    reaches far beyond them (the table gives it unclipped)."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     variants = list(dict.fromkeys(point.variant for point in points))
     for variant, colour in zip(variants, [f"C{index}" for index in range(10)], strict=False):
@@ -141,8 +143,8 @@ def sweep_figure(points: list[SweepPoint], key: str) -> plt.Figure:
         axes.plot(values, [p.test_accuracy.mean for p in mine], "-o", color=colour, label=variant)
         axes.fill_between(
             values,
-            [p.low if math.isfinite(p.low) else p.test_accuracy.mean for p in mine],
-            [p.high if math.isfinite(p.high) else p.test_accuracy.mean for p in mine],
+            [max(0.0, p.low) if math.isfinite(p.low) else p.test_accuracy.mean for p in mine],
+            [min(1.0, p.high) if math.isfinite(p.high) else p.test_accuracy.mean for p in mine],
             color=colour,
             alpha=0.15,
             linewidth=0,
@@ -151,7 +153,11 @@ def sweep_figure(points: list[SweepPoint], key: str) -> plt.Figure:
         ys = [accuracy for p in mine for accuracy in p.accuracies]
         axes.scatter(xs, ys, color=colour, s=12, alpha=0.6, linewidths=0)
     axes.axhline(0.1, color="grey", linestyle=":", label="chance")
-    axes.set(xlabel=key, ylabel="test accuracy", title=f"Test accuracy against {key}")
+    axes.set(
+        xlabel=key,
+        ylabel="test accuracy (band: 95% CI of the mean, within 0–1)",
+        title=f"Test accuracy against {key}",
+    )
     axes.set_xscale("log")
     axes.grid(alpha=0.3, which="both")
     axes.legend()
