@@ -36,3 +36,5 @@ summary docs/landscape/defaults.runs.json docs/landscape/defaults-second-half --
 rm -f docs/landscape/defaults-second-half-{update_ratios,landscape}.png
 summary docs/landscape/article.runs.json docs/landscape/article
 summary docs/lr_sweep/part1.runs.json docs/lr_sweep/part1 --sweep train.learning_rate --reference lr-1e-3-plain-seeds-1
+summary docs/lr_sweep/part2.runs.json docs/lr_sweep/part2 --sweep train.learning_rate --reference lr-1e-4-plain
+summary docs/lr_sweep/sweep.runs.json docs/lr_sweep/sweep --sweep train.learning_rate --reference lr-1e-3-plain-seeds-1
