@@ -147,7 +147,7 @@ def test_a_grids_figure_names_each_group_by_its_factors() -> None:
             run,
             run_id=run.run_id + "fast",
             experiment="lr-1e-2",
-            params={**run.params, "train.learning_rate": "0.01"},
+            params={**run.params, "train.learning_rate": "0.0031622776601683794"},
         )
         for run in runs
     ]
@@ -157,9 +157,15 @@ def test_a_grids_figure_names_each_group_by_its_factors() -> None:
         else dataclasses.replace(run, params={**run.params, "train.learning_rate": "0.001"})
         for run in runs
     ]
-    assert sorted(landscape_series(summarize(runs))) == [
+    series = landscape_series(summarize(runs))
+    assert sorted(series) == [
         "learning_rate=0.001: bn",
         "learning_rate=0.001: plain",
-        "learning_rate=0.01: bn",
-        "learning_rate=0.01: plain",
+        "learning_rate=0.00316: bn",  # a half-decade rate, to three digits
+        "learning_rate=0.00316: plain",
     ]
+    # One legend for the figure, below the panels, naming each series once.
+    figure = landscape_figure(series)
+    assert [axes.get_legend() for axes in figure.axes] == [None] * 4
+    (legend,) = figure.legends
+    assert sorted(text.get_text() for text in legend.get_texts()) == sorted(series)

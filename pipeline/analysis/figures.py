@@ -245,6 +245,19 @@ def landscape_figure(runs: Mapping[str, Sequence[Sequence[Mapping[str, float]]]]
             axes.axis("off")
         grid[1].text(0.5, 0.5, "no landscape: train.probe.landscape.every_steps is 0", ha="center")
         return figure
-    grid[0].legend()
     figure.tight_layout()
+    # Below the panels, not over the first: a sweep draws ten series.
+    named = {
+        label: handle
+        for axes in grid
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True)
+    }
+    figure.legend(
+        named.values(),
+        named.keys(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(len(named), 4),
+        frameon=False,
+    )
     return figure

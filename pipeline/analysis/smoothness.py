@@ -54,7 +54,7 @@ def landscape_series(summary: Summary) -> dict[str, list[list[dict[str, float]]]
     # can fill the figure.
     labels = {
         group.name: ", ".join(
-            f"{key.split('.')[-1]}={value}" for key, value in group.factors.items()
+            f"{key.split('.')[-1]}={_short(value)}" for key, value in group.factors.items()
         )
         or group.name
         for group in summary.groups
@@ -70,6 +70,14 @@ def landscape_series(summary: Summary) -> dict[str, list[list[dict[str, float]]]
                 ]
                 series.setdefault(name, []).append(rows)
     return series
+
+
+def _short(value: str) -> str:
+    """A numeric setting to three significant digits (a half-decade rate is 0.00316...)."""
+    try:
+        return f"{float(value):.3g}"
+    except ValueError:
+        return value
 
 
 @dataclass(frozen=True)
