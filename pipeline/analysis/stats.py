@@ -69,10 +69,11 @@ def difference(a: list[float], b: list[float]) -> Difference:
     permutation = permutation_p(a, b)
     if len(a) < 2 or len(b) < 2:
         return Difference(mean, math.nan, math.nan, n, permutation)
-    if statistics.variance(a) == statistics.variance(b) == 0:
+    variances = (statistics.variance(a), statistics.variance(b))
+    if variances == (0, 0):
         return Difference(mean, math.nan, math.nan, n, permutation, no_spread=True)
     with warnings.catch_warnings():
-        if 0 in (statistics.variance(a), statistics.variance(b)):
+        if 0 in variances:
             # A group without spread (every seed at chance) has a variance of exactly 0, which
             # scipy warns may be precision lost to cancellation; here it is exact.
             warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
