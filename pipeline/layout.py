@@ -6,7 +6,7 @@ dvc.yaml declares the same files; tests/test_dvc_yaml.py keeps the two in step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.params import PathsParams
@@ -74,6 +74,8 @@ class Stores:
 
     root: Path
     tracking_uri: str
+    # Added to the tags of every MLflow run the stage starts (a grid's cell: its grid and cell).
+    run_tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_environment(cls) -> Stores:

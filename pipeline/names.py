@@ -23,6 +23,9 @@ DVC_EXPERIMENT_TAGS = {
     "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev",
 }
 DVC_EXPERIMENT_TAG = "dvc_exp_name"
+# Set on the runs of a grid's cells (pipeline/grids/): the grid (its Optuna study) and the cell.
+GRID_TAG = "grid"
+GRID_CELL_TAG = "grid_cell"
 
 # MLflow's chart view groups metrics in sections by the prefix before the last "/": timings go
 # to a `speed` section, so the first section holds what people compare (loss, accuracy, test).

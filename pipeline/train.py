@@ -91,6 +91,7 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics
     tags = {
         **tracking.run_tags(variant, provenance.sha256, seed),
         names.DEVICE_TAG: device_description(),
+        **stores.run_tags,
     }
     checkpoints = None
     resumed_run_id = None

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,20 +204,52 @@ def journal_heartbeat(
     if has_own_heartbeat(storage):
         yield
         return
-    stop = threading.Event()
 
     def beat() -> None:
+        trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+
+    with _beating(beat, heartbeat.interval_seconds, trial.number):
+        yield
+
+
+@contextlib.contextmanager
+def trial_heartbeat(
+    trial: optuna.Trial, heartbeat: Heartbeat, storage: BaseStorage
+) -> Iterator[None]:
+    """Mark `trial` alive until the block ends, on any storage: on SQL storages as Optuna's
+    `Study.optimize` does (its `record_heartbeat`), for a trial claimed without it (a grid's
+    cell); on a journal, with the journal's beat."""
+    if not isinstance(storage, RDBStorage):
+        with journal_heartbeat(trial, heartbeat, storage):
+            yield
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(trial.study.study_name), trial.number
+    )
+    with _beating(
+        lambda: storage.record_heartbeat(trial_id), heartbeat.interval_seconds, trial.number
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _beating(beat: Callable[[], None], interval_seconds: float, number: int) -> Iterator[None]:
+    """Call `beat` now and every `interval_seconds` from a background thread, until the block
+    ends."""
+    stop = threading.Event()
+
+    def safe_beat() -> None:
         try:
-            trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+            beat()
         except Exception as error:  # a missed beat is harmless; a dead worker stops them all
-            log.warning("trial %d: heartbeat not recorded (%s)", trial.number, error)
+            log.warning("trial %d: heartbeat not recorded (%s)", number, error)
 
     def run() -> None:
-        while not stop.wait(heartbeat.interval_seconds):
-            beat()
+        while not stop.wait(interval_seconds):
+            safe_beat()
 
-    beat()
-    thread = threading.Thread(target=run, name="optuna-journal-heartbeat", daemon=True)
+    safe_beat()
+    thread = threading.Thread(target=run, name="optuna-heartbeat", daemon=True)
     thread.start()
     try:
         yield
