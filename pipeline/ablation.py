@@ -1,16 +1,18 @@
 """Summarize a grid of experiments: finished training runs in MLflow, grouped by the params
 that differ between them, each group against a reference group, variant by variant.
 
-    python -m pipeline.ablation [--experiments NAME ...] [--filter "MLflow filter"]
+    python -m pipeline.ablation [--experiments NAME ...] [--grid NAME ...]
+                                [--filter "MLflow filter"]
                                 [--reference NAME] [--baseline-variant NAME] [--out PATH]
                                 [--add-runs FILE ...]
 
-Per group and variant: the number of seeds, test accuracy (mean ± std), the difference to
-the reference group with a 95% Welch interval, how many runs were still at chance after
-epoch 1 and at the end (with Fisher's exact test against the reference), and the first
-layer's update-to-weight ratio at epoch 1 (geometric mean over seeds). Within each group that
-holds several variants, each variant's difference to `--baseline-variant` (what BN does at
-that setting), with a 95% Welch interval.
+A grid's runs (`--grid`, pipeline/grid.py) are read as a DVC-queued grid's are; its groups
+are named by their factors. Per group and variant: the number of seeds, test accuracy (mean
+± std), the difference to the reference group with a 95% Welch interval, how many runs were
+still at chance after epoch 1 and at the end (with Fisher's exact test against the
+reference), and the first layer's update-to-weight ratio at epoch 1 (geometric mean over
+seeds). Within each group that holds several variants, each variant's difference to
+`--baseline-variant` (what BN does at that setting), with a 95% Welch interval.
 
 OUT-update_ratios.png draws each group's update-to-weight ratio per layer (first and last
 epoch); OUT-landscape.png, where runs were probed, their landscape measures over training.
@@ -55,7 +57,11 @@ log = logging.getLogger(__name__)
 
 
 def load_runs(
-    params: Params, filter_string: str, experiments: list[str], added: list[Path]
+    params: Params,
+    filter_string: str,
+    experiments: list[str],
+    added: list[Path],
+    grids: list[str] | None = None,
 ) -> tuple[list[RunResult], dict[tuple[str, str], int]]:
     """The finished training runs in the MLflow store, then those of the added records; and
     the failed training runs per (DVC experiment, variant) in the store."""
@@ -68,7 +74,8 @@ def load_runs(
             f"{params.mlflow.experiment!r}: run `dvc repro` or `dvc exp run` first"
         )
     runs = with_added_runs(
-        training_runs(client, experiment.experiment_id, filter_string, experiments), added
+        training_runs(client, experiment.experiment_id, filter_string, experiments, grids or []),
+        added,
     )
     failed = failed_training_runs(
         client, experiment.experiment_id, experiments or {run.experiment for run in runs}
@@ -76,7 +83,7 @@ def load_runs(
     if not runs:
         raise PipelineError(
             "no finished training run matches; check --experiments (names as in "
-            "`dvc exp show`) and --filter"
+            "`dvc exp show`), --grid (`python -m pipeline.grid status NAME`) and --filter"
         )
     return runs, failed
 
@@ -126,6 +133,9 @@ def main() -> None:
         "--experiments", nargs="+", default=[], help="only the runs of these DVC experiments"
     )
     parser.add_argument(
+        "--grid", nargs="+", default=[], help="only the runs of these grids (pipeline.grid)"
+    )
+    parser.add_argument(
         "--filter",
         default="",
         help="an MLflow filter string, e.g. \"params.`train.epochs` = '10'\"",
@@ -170,7 +180,7 @@ def main() -> None:
 
 def run(params: Params, args: argparse.Namespace) -> Summary:
     """Summarize the runs the arguments choose; print and write the table."""
-    runs, failed = load_runs(params, args.filter, args.experiments, args.add_runs)
+    runs, failed = load_runs(params, args.filter, args.experiments, args.add_runs, args.grid)
     summary = summarize(runs, args.reference, args.baseline_variant)
     sweep = sweep_points(summary, args.sweep, failed) if args.sweep else None
     print(write_summary(args.out, summary, runs, sweep, args.sweep or "", args.landscape_from_step))

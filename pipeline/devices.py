@@ -3,10 +3,14 @@
 `dvc queue start -j N` and N `python -m pipeline.tune` workers start N processes that would
 each see every GPU, and TensorFlow would put them all on the first one, each reserving most
 of its memory. Instead, each training process claims a free GPU before TensorFlow first
-touches one: it holds an exclusive lock on `<project root>/.cache/gpu-locks/gpu-<index>`,
+touches one: it holds an exclusive lock on `<project root>/.cache/gpu-locks/gpu-<uuid>`,
 makes only that GPU visible (CUDA_VISIBLE_DEVICES), and keeps the lock until it exits (the
 operating system releases it even when the process is killed). With every GPU taken, it
 waits for one. A CUDA_VISIBLE_DEVICES set by the user is respected as it is.
+
+GPUs are named by UUID, which CUDA_VISIBLE_DEVICES accepts: the index `nvidia-smi` prints
+orders GPUs by PCI bus, CUDA's by speed unless CUDA_DEVICE_ORDER says otherwise, so an
+index could name another GPU to CUDA than the one claimed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ _HELD: list[GpuClaim] = []  # claims live as long as the process
 class GpuClaim:
     """A GPU this process holds until it exits (or `release`)."""
 
-    index: str
+    uuid: str
     lock: IO[str]
 
     def release(self) -> None:
@@ -41,10 +45,10 @@ class GpuClaim:
 
 
 def nvidia_gpus() -> list[str]:
-    """The indexes of the NVIDIA GPUs `nvidia-smi` lists; none without the tool or a driver."""
+    """The UUIDs of the NVIDIA GPUs `nvidia-smi` lists; none without the tool or a driver."""
     try:
         listed = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -70,12 +74,12 @@ def claim_gpu(
     folder.mkdir(parents=True, exist_ok=True)
     waiting_logged = False
     while True:
-        for index in gpus:
-            claim = _try_lock(folder / f"gpu-{index}", index)
+        for uuid in gpus:
+            claim = _try_lock(folder / f"gpu-{uuid}", uuid)
             if claim is not None:
                 _HELD.append(claim)
-                os.environ[VISIBLE] = index
-                log.info("training on GPU %s (of %s)", index, ", ".join(gpus))
+                os.environ[VISIBLE] = uuid
+                log.info("training on GPU %s (of %s)", uuid, ", ".join(gpus))
                 return claim
         if not waiting_logged:
             log.info("all %d GPU(s) are in use by other runs of this project; waiting", len(gpus))
@@ -83,11 +87,11 @@ def claim_gpu(
         time.sleep(poll_seconds)
 
 
-def _try_lock(path: Path, index: str) -> GpuClaim | None:
+def _try_lock(path: Path, uuid: str) -> GpuClaim | None:
     lock = path.open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         return None
-    return GpuClaim(index, lock)
+    return GpuClaim(uuid, lock)

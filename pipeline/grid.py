@@ -178,11 +178,22 @@ def run_declare(params: Params, args: argparse.Namespace) -> None:
 
 def run_work(params: Params, args: argparse.Namespace) -> None:
     """Work on the grid here: in this process, or in several worker processes."""
+    from pipeline.grids.study import open_grid
+    from pipeline.grids.worker import GridWorker
+    from pipeline.tuning.storage import Heartbeat, open_storage
+
     gpus = nvidia_gpus()
     workers = args.workers or (len(gpus) if gpus else cores())
     threads = args.threads or max(1, cores() // workers)
+    stores = Stores.from_environment()
+    heartbeat = Heartbeat(args.heartbeat_interval, args.heartbeat_grace)
+    storage = open_storage(_storage(params, args, stores.root), heartbeat)
+    study, declaration = open_grid(args.name, storage)
+    worker = GridWorker(args.name, study, storage, declaration, stores, threads, heartbeat)
+    worker.check_lineage()  # once here, before any worker process starts
     if workers == 1:
-        work_here(params, args, threads)
+        report = worker.work()
+        log.info("this worker: %s", report.describe())
         return
     log.info("%d workers, %d thread(s) each", workers, threads)
     command = [
@@ -207,29 +218,6 @@ def run_work(params: Params, args: argparse.Namespace) -> None:
             f"{sum(1 for code in codes if code)} of {workers} workers stopped with an error "
             "(their messages are above)"
         )
-
-
-def work_here(params: Params, args: argparse.Namespace, threads: int) -> None:
-    """One worker in this process."""
-    from pipeline.grids.progress import cell_rows, describe
-    from pipeline.grids.study import open_grid
-    from pipeline.grids.worker import GridWorker
-    from pipeline.tuning.storage import Heartbeat, open_storage
-
-    stores = Stores.from_environment()
-    heartbeat = Heartbeat(args.heartbeat_interval, args.heartbeat_grace)
-    storage = open_storage(_storage(params, args, stores.root), heartbeat)
-    study, declaration = open_grid(args.name, storage)
-    worker = GridWorker(args.name, study, storage, declaration, stores, threads, heartbeat)
-    worker.check_lineage()
-    report = worker.work()
-    log.info(
-        "this worker: %d done, %d diverged, %d failed; %s",
-        report.done,
-        report.diverged,
-        report.failed,
-        describe(args.name, cell_rows(study)),
-    )
 
 
 def run_status(params: Params, args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ def hold_a_gpu(root: Path, report: Path, seconds: float) -> None:
     claimed = time.monotonic()
     time.sleep(seconds)
     released = time.monotonic()
-    report.write_text(f"{os.environ[VISIBLE]} {claim.index} {claimed} {released}")
+    report.write_text(f"{os.environ[VISIBLE]} {claim.uuid} {claimed} {released}")
 
 
 def test_three_processes_share_two_gpus_one_each(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_a_claim_is_released_for_the_next_process(
     claim.release()
     monkeypatch.delenv(VISIBLE)
     again = claim_gpu(tmp_path, ["7"])
-    assert again is not None and again.index == "7"
+    assert again is not None and again.uuid == "7"
     again.release()
 
 
@@ -77,3 +77,19 @@ def test_the_users_cuda_visible_devices_and_cpu_only_machines_are_left_alone(
 def test_nvidia_smi_missing_means_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     assert nvidia_gpus() == []
+
+
+def test_gpus_are_named_by_uuid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = "--query-gpu=uuid" ] || exit 2\n'
+        "echo GPU-5f1c2a7e-0000-0000-0000-000000000001\n"
+        "echo GPU-5f1c2a7e-0000-0000-0000-000000000000\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert nvidia_gpus() == [
+        "GPU-5f1c2a7e-0000-0000-0000-000000000001",
+        "GPU-5f1c2a7e-0000-0000-0000-000000000000",
+    ]

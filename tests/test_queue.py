@@ -208,3 +208,51 @@ def test_ablation_takes_chosen_experiments_or_a_filter(queued: Path) -> None:
     )
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].startswith("error: no finished training run")
+
+
+# Last in this file: it adds a grid's runs to the store the tests above read whole.
+def test_a_grid_of_the_same_cells_trains_what_the_queue_trained(queued: Path) -> None:
+    """The queue's cells declared as a grid on the default journal and worked by two workers
+    on this machine: the same test accuracies (training is deterministic) and the same
+    ablation table."""
+    dvc(queued, "repro", "fetch")  # the queue fetched in its own copies of the workspace
+    grid = [sys.executable, "-m", "pipeline.grid"]
+    run_command(
+        [
+            *grid, "declare", "lr", "--seeds", "1-2",
+            "--factor", "train.learning_rate=0.01,0.0005",
+            "--factor", "train.activation=relu", "--factor", "train.optimizer=adam",
+        ],
+        queued,
+    )  # fmt: skip
+    run_command([*grid, "work", "lr", "--workers", "2"], queued)
+    status = run_command([*grid, "status", "lr"], queued).stdout
+    assert "grid lr: 8 cells: 8 done, 0 diverged, 0 running, 0 failed, 0 waiting" in status
+
+    def accuracies(tag: str, value: str) -> dict[tuple[str, str, str], float]:
+        return {
+            (run.data.params["train.learning_rate"], run.data.tags["variant"], run.data.tags["seed"]):  # noqa: E501
+            run.data.metrics["test_accuracy"]
+            for runs in runs_by_name(queued).values()
+            for run in runs
+            if run.data.tags.get(tag) == value and "test_accuracy" in run.data.metrics
+        }  # fmt: skip
+
+    from_grid = accuracies("grid", "lr")
+    from_queue = {**accuracies("dvc_exp_name", "lr-fast"), **accuracies("dvc_exp_name", "lr-slow")}
+    assert len(from_grid) == 8
+    assert from_grid == from_queue
+
+    queue_table = ablation(queued, "--experiments", "lr-fast", "lr-slow", "--reference", "lr-slow")
+    grid_table = ablation(queued, "--grid", "lr", "--reference", "train.learning_rate=0.0005")
+
+    def by_factors(summary: dict) -> dict:
+        factors = {group["name"]: group["factors"] for group in summary["groups"]}
+        return {
+            (tuple(factors[row["group"]].items()), row["variant"]): {
+                key: value for key, value in row.items() if key != "group"
+            }
+            for row in summary["rows"]
+        }
+
+    assert by_factors(grid_table) == by_factors(queue_table)

@@ -22,16 +22,22 @@ def training_runs(
     experiment_id: str,
     filter_string: str = "",
     experiments: Iterable[str] = (),
+    grids: Iterable[str] = (),
 ) -> list[RunResult]:
     """The finished training runs, oldest first: those the evaluate stage gave a test accuracy
-    (tuning and compare runs have none)."""
+    (tuning and compare runs have none); with `experiments` or `grids`, only the runs of
+    those DVC experiments and grids (pipeline/grids/)."""
     query = f"attributes.status = 'FINISHED' and metrics.{names.TEST_ACCURACY} >= 0"
     if filter_string:
         query += f" and {filter_string}"
-    wanted = set(experiments)
+    wanted, wanted_grids = set(experiments), set(grids)
     runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
     chosen = [
-        run for run in runs if not wanted or run.data.tags.get(names.DVC_EXPERIMENT_TAG) in wanted
+        run
+        for run in runs
+        if not (wanted or wanted_grids)
+        or run.data.tags.get(names.DVC_EXPERIMENT_TAG) in wanted
+        or run.data.tags.get(names.GRID_TAG) in wanted_grids
     ]
     return [read_run(client, run) for run in chosen]
 
@@ -76,6 +82,7 @@ def read_run(client: MlflowClient, run: Run) -> RunResult:
             if names.metric_name(key) in run.data.metrics
         },
         device=tags.get(names.DEVICE_TAG, ""),
+        grid=tags.get(names.GRID_TAG, ""),
     )
 
 

@@ -46,6 +46,7 @@ class RunResult:
     # fractions of the training time); empty in records written before it was kept
     cost: dict[str, float] = field(default_factory=dict)
     device: str = ""  # what it trained on (the `device` tag); "" in records written before
+    grid: str = ""  # the grid whose cell it was (pipeline/grids/); "" for a DVC-run training
 
     @property
     def val_accuracy_roughness(self) -> float:

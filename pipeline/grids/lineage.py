@@ -67,10 +67,11 @@ def git_commit(root: Path) -> str:
     head = _git(root, "rev-parse", "HEAD")
     changed = _git(root, "status", "--porcelain", "--", CODE_FOLDER)
     if changed:
-        first = changed.splitlines()[0].strip()
+        files = [line.split(maxsplit=1)[-1] for line in changed.splitlines()]  # "XY path"
         raise PipelineError(
-            f"{CODE_FOLDER}/ has uncommitted changes ({first}): a grid's cells run on committed "
-            "code only; commit or stash them"
+            f"{CODE_FOLDER}/ has uncommitted changes ({', '.join(files[:3])}"
+            f"{', ...' if len(files) > 3 else ''}): a grid's cells run on committed code only; "
+            "commit or stash them"
         )
     return head
 

@@ -58,6 +58,9 @@ class WorkerReport:
     diverged: int = 0
     failed: int = 0
 
+    def describe(self) -> str:
+        return f"{self.done} done, {self.diverged} diverged, {self.failed} failed"
+
 
 class GridWorker:
     """Claims and runs the cells of one grid from one process."""
