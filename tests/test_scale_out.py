@@ -195,7 +195,8 @@ def test_three_grid_workers_run_every_cell_once(servers: Servers, tmp_path: Path
 
     study = optuna.load_study(study_name="grid3", storage=servers.optuna_url)
     trials = study.get_trials(deepcopy=False)
-    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 8  # each claimed once
+    errors = [trial.user_attrs.get("error") for trial in trials]
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 8, errors  # claimed once
     assert sorted(trial.user_attrs["cell"]["number"] for trial in trials) == list(range(8))
     runs = grid_runs(servers, "grid3")
     assert sorted(int(run.data.tags["grid_cell"]) for run in runs) == list(range(8))
