@@ -46,7 +46,14 @@ from pipeline.analysis.smoothness import (
     smoothness_markdown,
 )
 from pipeline.analysis.summary import Summary, summarize
-from pipeline.analysis.sweep import SweepPoint, sweep_figure, sweep_points, sweep_table
+from pipeline.analysis.sweep import (
+    SweepPoint,
+    left_chance_table,
+    left_chance_tests,
+    sweep_figure,
+    sweep_points,
+    sweep_table,
+)
 from pipeline.cli import add_common_arguments, run_stage
 from pipeline.errors import PipelineError
 from pipeline.files import write_json, write_text
@@ -95,6 +102,7 @@ def write_summary(
     sweep: list[SweepPoint] | None = None,
     sweep_key: str = "",
     landscape_from_step: int = 0,
+    baseline_variant: str = "plain",
 ) -> str:
     """OUT.md, OUT.json, OUT.runs.json, OUT-update_ratios.png and, for a sweep,
     OUT-sweep.png; returns the Markdown."""
@@ -104,6 +112,13 @@ def write_summary(
         table += f"\n{smoothness_markdown(landscape)}"
     if sweep:
         table += f"\nThe sweep over {sweep_key}:\n\n{sweep_table(sweep, sweep_key).markdown()}\n"
+        tests = left_chance_tests(sweep, baseline_variant)
+        if tests:
+            table += (
+                "\nLeaving chance, each variant against the baseline at each value (Fisher's "
+                f"exact test; Holm over the {len(tests)} values):\n\n"
+                f"{left_chance_table(tests, sweep_key).markdown()}\n"
+            )
         save(sweep_figure(sweep, sweep_key), out.with_name(f"{out.name}-sweep.png"))
     cost = cost_rows(summary)
     if cost:
@@ -183,7 +198,17 @@ def run(params: Params, args: argparse.Namespace) -> Summary:
     runs, failed = load_runs(params, args.filter, args.experiments, args.add_runs, args.grid)
     summary = summarize(runs, args.reference, args.baseline_variant)
     sweep = sweep_points(summary, args.sweep, failed) if args.sweep else None
-    print(write_summary(args.out, summary, runs, sweep, args.sweep or "", args.landscape_from_step))
+    print(
+        write_summary(
+            args.out,
+            summary,
+            runs,
+            sweep,
+            args.sweep or "",
+            args.landscape_from_step,
+            args.baseline_variant,
+        )
+    )
     log.info(
         "%d runs in %d groups; wrote %s.md, .json, .runs.json",
         len(runs),

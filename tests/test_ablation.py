@@ -4,17 +4,19 @@ the whole workflow through real queued DVC experiments)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.collections import PolyCollection
+from scipy import stats
 
 from pipeline.analysis.cost import cost_markdown, cost_rows, uncosted_runs
 from pipeline.analysis.grouping import group_runs
 from pipeline.analysis.runs import RunResult, comparable_params, with_added_runs
 from pipeline.analysis.summary import summarize
-from pipeline.analysis.sweep import sweep_figure, sweep_points, sweep_table
+from pipeline.analysis.sweep import left_chance_tests, sweep_figure, sweep_points, sweep_table
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.png import save
@@ -129,15 +131,30 @@ def test_a_sweep_says_which_rates_each_variant_tolerates(tmp_path: Path) -> None
     assert bn.roughness.mean == pytest.approx(((0.05 + 0.44) / 0.39 + 0.5 / 0.4) / 2)
     assert by[("plain", 0.01)].roughness.n == 0  # stuck runs have none
     table = sweep_table(points, "train.learning_rate").markdown()
-    assert "| plain | 0.01 | 2 | 0.1000 ± 0.0000 (no interval) | 0/2 | 0 | no |" in table
+    assert (
+        "| plain | 0.01 | 2 | 0.1000 ± 0.0000 (no interval) | 0/2 [0.00, 0.84] | 0 | no |" in table
+    )
+    # plain at 0.001 (0.62 and 0.1) is bimodal: no t interval (it would be about [-2.9, 3.7]),
+    # the learner's value instead, and the exact interval of the share that left chance.
+    mixed = by[("plain", 0.001)]
+    assert mixed.mixed and math.isnan(mixed.low) and mixed.learned == [0.62]
+    assert (
+        "| plain | 0.001 | 2 | 0.3600 ± 0.3677 (mixed; learners: 0.6200) | 1/2 [0.01, 0.99] |"
+        in table
+    )
+    assert not by[("bn", 0.001)].mixed
     figure = sweep_figure(points, "train.learning_rate")
-    # plain at 0.001 (0.62 and 0.1): its t interval, about [-2.9, 3.7], is drawn within 0-1.
-    assert by[("plain", 0.001)].low < -2 and by[("plain", 0.001)].high > 3
     bands = [c for c in figure.axes[0].collections if isinstance(c, PolyCollection)]
     heights = np.concatenate(
         [np.asarray(path.vertices)[:, 1] for band in bands for path in band.get_paths()]
     )
-    assert len(bands) == 2 and heights.min() == 0.0 and heights.max() == 1.0
+    assert len(bands) == 2 and heights.min() > 0.0 and heights.max() < 1.0
+    # Leaving chance, bn against plain at each rate: Fisher's exact test, Holm over the two.
+    tests = {test.value: test for test in left_chance_tests(points, "plain")}
+    assert tests[0.01].left == (2, 3) and tests[0.01].baseline_left == (0, 2)
+    assert tests[0.01].p == stats.fisher_exact([[2, 1], [0, 2]]).pvalue
+    assert tests[0.001].p == stats.fisher_exact([[2, 0], [1, 1]]).pvalue
+    assert tests[0.01].holm_p == min(1.0, 2 * min(tests[0.01].p, tests[0.001].p))
     save(figure, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     with pytest.raises(PipelineError, match="do not differ in train.epochs"):

@@ -8,7 +8,14 @@ import warnings
 import pytest
 from scipy import stats
 
-from pipeline.analysis.stats import curve_roughness, difference, spread
+from pipeline.analysis.stats import (
+    curve_roughness,
+    difference,
+    holm,
+    proportion_interval,
+    smallest_permutation_p,
+    spread,
+)
 
 
 def test_spread_is_the_mean_and_sample_std() -> None:
@@ -64,3 +71,24 @@ def test_a_group_stuck_at_chance_beside_one_that_learns_warns_of_nothing() -> No
         warnings.simplefilter("ignore")
         welch = stats.ttest_ind(stuck, learned, equal_var=False).confidence_interval()
     assert (gap.low, gap.high) == pytest.approx((welch.low, welch.high))
+
+
+def test_three_seeds_against_three_cannot_reach_five_percent() -> None:
+    assert smallest_permutation_p(3, 3) == pytest.approx(0.1)
+    assert difference([0.5, 0.51, 0.52], [0.1, 0.11, 0.12]).permutation_p == pytest.approx(0.1)
+    assert smallest_permutation_p(10, 10) < 0.001
+
+
+def test_a_share_s_interval_is_clopper_pearsons_and_stays_within_0_and_1() -> None:
+    low, high = proportion_interval(3, 3)
+    assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 3))
+    low, high = proportion_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 10))
+    assert all(math.isnan(bound) for bound in proportion_interval(0, 0))
+
+
+def test_holm_multiplies_by_the_tests_left_and_keeps_the_order() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    adjusted = holm([0.02, math.nan])
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1])

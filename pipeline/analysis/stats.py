@@ -1,4 +1,6 @@
-"""Statistics over training seeds: mean ± std, differences with Welch intervals, Fisher's test."""
+"""Statistics over training seeds: mean ± std, differences with Welch intervals and exact
+permutation tests, and for binary outcomes (a run left chance or not) Fisher's exact test,
+Clopper–Pearson intervals and Holm's adjustment over a family of tests (docs/statistics.md)."""
 
 from __future__ import annotations
 
@@ -97,6 +99,36 @@ def permutation_p(a: list[float], b: list[float]) -> float:
         vectorized=True,
     )
     return float(min(1.0, result.pvalue))
+
+
+def smallest_permutation_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p the exact permutation test can give with n_a against n_b
+    runs: the two most extreme of C(n_a + n_b, n_a) relabellings. 3 against 3: 0.1, so no
+    such comparison can reach 0.05, whatever the data."""
+    if n_a < 1 or n_b < 1:
+        return math.nan
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+
+
+def proportion_interval(successes: int, total: int) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) 95% interval of a proportion: always within [0, 1]."""
+    if total == 0:
+        return math.nan, math.nan
+    interval = stats.binomtest(successes, total).proportion_ci(CONFIDENCE, method="exact")
+    return float(interval.low), float(interval.high)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p values, in their order (NaN stays NaN).
+    Written here because scipy adjusts for the false discovery rate only
+    (`false_discovery_control`), not for the family-wise error Holm controls."""
+    finite = sorted((p, index) for index, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[index] = running
+    return adjusted
 
 
 def fisher_p(stuck_and_total: tuple[int, int], baseline: tuple[int, int]) -> float:

@@ -1,7 +1,11 @@
 """A sweep: groups that differ in one numeric setting (the learning rate), per variant.
 
 Which values each variant tolerates (its runs leave chance and none diverges), and test
-accuracy against the value with a 95% interval of the mean, as a table and a figure.
+accuracy against the value, as a table and a figure. Whether a run leaves chance is binary:
+its share gets an exact (Clopper–Pearson) interval, and each value's variants are compared by
+Fisher's exact test, Holm-adjusted over the values of the sweep. Where some seeds stay at
+chance and others learn, the accuracies are bimodal and a t interval of their mean would
+reach outside [0, 1]: such a point gets none, and the table gives the learners' values.
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ import matplotlib.pyplot as plt
 from scipy import stats
 
 from pipeline.analysis.render import Table
-from pipeline.analysis.stats import CONFIDENCE, Spread, finite_spread, spread
+from pipeline.analysis.stats import (
+    CONFIDENCE,
+    Spread,
+    finite_spread,
+    fisher_p,
+    holm,
+    proportion_interval,
+    spread,
+)
 from pipeline.analysis.summary import Summary
 from pipeline.chance import at_chance
 from pipeline.errors import PipelineError
@@ -28,11 +40,22 @@ class SweepPoint:
     experiments: list[str]
     test_accuracy: Spread
     accuracies: list[float]  # each seed's run
-    low: float  # the 95% t interval of the mean over seeds (NaN for one seed)
+    low: float  # the 95% t interval of the mean over seeds (NaN for one seed, or mixed)
     high: float
     left_chance: int  # runs whose last validation accuracy is above chance
+    learned: list[float]  # the test accuracies of those runs
     failed: int  # training runs of the same experiments that failed
     roughness: Spread
+
+    @property
+    def mixed(self) -> bool:
+        """Some seeds left chance and some did not: bimodal accuracies."""
+        return 0 < self.left_chance < self.test_accuracy.n
+
+    @property
+    def left_chance_interval(self) -> tuple[float, float]:
+        """The exact 95% interval of the share of runs that leave chance."""
+        return proportion_interval(self.left_chance, self.test_accuracy.n + self.failed)
 
     @property
     def tolerated(self) -> str:
@@ -64,8 +87,9 @@ def sweep_points(
         for variant in group.variants():
             runs = group.runs_of(variant)
             accuracy = spread([run.test_accuracy for run in runs])
+            learners = [run for run in runs if not at_chance(run.val_accuracy_last)]
             low = high = math.nan
-            if accuracy.n > 1 and accuracy.std > 0:
+            if accuracy.n > 1 and accuracy.std > 0 and len(learners) in (0, len(runs)):
                 half = stats.t.ppf((1 + CONFIDENCE) / 2, accuracy.n - 1) * accuracy.std
                 low, high = (
                     accuracy.mean - half / math.sqrt(accuracy.n),
@@ -80,7 +104,8 @@ def sweep_points(
                     accuracies=[run.test_accuracy for run in runs],
                     low=low,
                     high=high,
-                    left_chance=sum(not at_chance(run.val_accuracy_last) for run in runs),
+                    left_chance=len(learners),
+                    learned=[run.test_accuracy for run in learners],
                     failed=sum(
                         (failed or {}).get((name, variant), 0) for name in group.experiments
                     ),
@@ -94,21 +119,26 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
     """Per variant and value: seeds, test accuracy with its interval, what it tolerates."""
     rows = []
     for point in points:
-        interval = (
-            f" [{point.low:.4f}, {point.high:.4f}]"
-            if math.isfinite(point.low)
-            else " (no interval)"
-        )
+        accuracy = f"{point.test_accuracy.mean:.4f} ± {point.test_accuracy.std:.4f}"
+        if point.mixed:
+            learned = ", ".join(f"{value:.4f}" for value in point.learned)
+            accuracy += f" (mixed; learners: {learned})"
+        elif math.isfinite(point.low):
+            accuracy += f" [{point.low:.4f}, {point.high:.4f}]"
+        else:
+            accuracy += " (no interval)"
         roughness = (
             f"{point.roughness.mean:.2f} ({point.roughness.n})" if point.roughness.n else "–"
         )
+        low, high = point.left_chance_interval
         rows.append(
             (
                 point.variant,
                 f"{point.value:.3g}",
                 str(point.test_accuracy.n),
-                f"{point.test_accuracy.mean:.4f} ± {point.test_accuracy.std:.4f}{interval}",
-                f"{point.left_chance}/{point.test_accuracy.n + point.failed}",
+                accuracy,
+                f"{point.left_chance}/{point.test_accuracy.n + point.failed} "
+                f"[{low:.2f}, {high:.2f}]",
                 str(point.failed),
                 point.tolerated,
                 roughness,
@@ -120,7 +150,7 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
             key,
             "seeds",
             "test acc (mean ± std [95% CI of the mean])",
-            "left chance",
+            "left chance [95% exact CI]",
             "failed",
             "tolerated",
             "val acc roughness (runs)",
@@ -130,11 +160,64 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
     )
 
 
+@dataclass(frozen=True)
+class LeftChanceTest:
+    """At one value: how many runs of a variant and of the baseline left chance, Fisher's
+    exact p of the difference, and that p Holm-adjusted over the sweep's values."""
+
+    value: float
+    variant: str
+    baseline: str
+    left: tuple[int, int]  # (left chance, runs) of the variant
+    baseline_left: tuple[int, int]
+    p: float
+    holm_p: float
+
+
+def left_chance_tests(points: list[SweepPoint], baseline: str) -> list[LeftChanceTest]:
+    """Each value's variants against `baseline` on leaving chance: Fisher's exact test, Holm
+    over the family of every such test of the sweep."""
+    by_key = {(point.variant, point.value): point for point in points}
+    pairs = [
+        (point, by_key[(baseline, point.value)])
+        for point in points
+        if point.variant != baseline and (baseline, point.value) in by_key
+    ]
+
+    def counts(point: SweepPoint) -> tuple[int, int]:
+        return point.left_chance, point.test_accuracy.n + point.failed
+
+    # fisher_p takes (stuck, runs); the test is the same on (left, runs).
+    ps = [fisher_p(counts(point), counts(other)) for point, other in pairs]
+    return [
+        LeftChanceTest(point.value, point.variant, baseline, counts(point), counts(other), p, h)
+        for (point, other), p, h in zip(pairs, ps, holm(ps), strict=True)
+    ]
+
+
+def left_chance_table(tests: list[LeftChanceTest], key: str) -> Table:
+    """The tests as a table: counts, Fisher's p, Holm's p."""
+    rows = [
+        (
+            f"{test.value:.3g}",
+            f"{test.variant} {test.left[0]}/{test.left[1]}",
+            f"{test.baseline} {test.baseline_left[0]}/{test.baseline_left[1]}",
+            f"{test.p:.3g}",
+            f"{test.holm_p:.3g}",
+        )
+        for test in tests
+    ]
+    return Table(
+        (key, "left chance", "against", "Fisher's exact p", f"Holm p (of {len(tests)})"),
+        "lllrr",
+        rows,
+    )
+
+
 def sweep_figure(points: list[SweepPoint], key: str) -> plt.Figure:
     """Test accuracy against the swept value per variant: the mean over seeds with its 95%
-    interval shaded, each seed's run a dot, chance dotted. The band is clipped to the
-    accuracies that exist, 0 to 1: a t interval over three seeds, one of them at chance,
-    reaches far beyond them (the table gives it unclipped)."""
+    interval shaded (none where seeds split between chance and learning), each seed's run a
+    dot, chance dotted. The band is clipped to the accuracies that exist, 0 to 1."""
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     variants = list(dict.fromkeys(point.variant for point in points))
     for variant, colour in zip(variants, [f"C{index}" for index in range(10)], strict=False):
