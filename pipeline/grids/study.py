@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ ERROR_ATTR = "error"  # a failed cell's message
 DIVERGED_ATTR = "diverged"  # a diverged cell's message
 RUN_ATTR = "mlflow_run_id"
 WORKER_ATTR = "worker"  # host and process that ran the trial
+VALUE_NAME = "test_accuracy"  # a finished cell's value
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ def declare(
             f"(or `optuna delete-study --study-name {name}` to drop the old one)"
         ) from None
     study.set_user_attr(GRID_ATTR, declaration.as_attr())
+    with warnings.catch_warnings():  # experimental in Optuna 5; names the value in the dashboard
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([VALUE_NAME])
     for cell in cells:
         study.enqueue_trial(_cell_params(cell), user_attrs={CELL_ATTR: cell.as_attr()})
     log.info("grid %s: %d cells on %s", name, len(cells), declaration.lineage.describe())
