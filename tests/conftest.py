@@ -23,6 +23,7 @@ from pipeline.layout import Stores
 from pipeline.params import Params, TrainParams
 from tests.sources import write_class_folder
 from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
+from tools.plots_template import use_template
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
@@ -134,9 +135,10 @@ def make_project(root: Path) -> Path:
             shutil.copytree(source, repo / ".dvc" / name)
         else:
             shutil.copy2(source, repo / ".dvc" / name)
-    if PLOTS_TEMPLATE.is_file():  # written by set-up; .dvc/config names it
+    if PLOTS_TEMPLATE.is_file():  # as set-up writes it, and names it in .dvc/config.local
         (repo / PLOTS_TEMPLATE.relative_to(PROJECT_ROOT)).parent.mkdir(parents=True)
         shutil.copy2(PLOTS_TEMPLATE, repo / PLOTS_TEMPLATE.relative_to(PROJECT_ROOT))
+        use_template(repo)
     write_class_folder(repo / "fixture", "tar.gz", per_class_train=5, per_class_test=2)
     edit_params(repo, tiny_settings)
     (repo / ".gitignore").write_text((repo / ".gitignore").read_text() + "/fixture/\n")

@@ -104,7 +104,7 @@ def test_metrics_and_plots_are_readable_by_dvc(reproduced: Path) -> None:
 
 
 def test_plots_render_without_a_network(reproduced: Path) -> None:
-    # .dvc/config's template carries vega inline: no script is loaded from anywhere.
+    # .dvc/config.local's template carries vega inline: no script is loaded from anywhere.
     assert PLOTS_TEMPLATE.is_file(), "run ./tasks.sh setup: it writes the plots template"
     for command in (("plots", "show"), ("plots", "diff", "HEAD")):
         out = reproduced / f"offline-{command[1]}"
@@ -115,6 +115,19 @@ def test_plots_render_without_a_network(reproduced: Path) -> None:
         assert "Accuracy per epoch" in html and html.count("vegaEmbed('#") >= 5
         for library in LIBRARIES:
             assert library.spec in html.splitlines()[1]
+
+
+def test_plots_render_in_a_clone_set_up_another_way(reproduced: Path, tmp_path: Path) -> None:
+    # Installed without ./tasks.sh (uv sync, pip install -e .): no template and no
+    # .dvc/config.local; `dvc plots show` then uses DVC's own page, vega from its CDN.
+    clone = tmp_path / "clone"
+    shutil.copytree(reproduced, clone)
+    (clone / ".dvc" / "config.local").unlink()
+    shutil.rmtree(clone / ".cache" / "plots")
+    page = dvc(clone, "plots", "show", "-o", str(tmp_path / "out")).stdout.strip()
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert page.splitlines()[-1] == (tmp_path / "out" / "index.html").as_uri()
+    assert re.findall(r"<script[^>]*\bsrc=\S*vega", html) and "Accuracy per epoch" in html
 
 
 def test_a_second_seed_adds_only_its_own_runs_and_the_spread(

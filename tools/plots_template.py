@@ -3,11 +3,13 @@
     python -m tools.plots_template        # run by `./tasks.sh setup`
 
 DVC's page loads vega, vega-lite and vega-embed from a CDN, so it stays blank without
-internet. DVC takes a template without the `{scripts}` placeholder (`plots.html_template`
-in .dvc/config); this one carries the three libraries inline, at the versions DVC's own
-page loads (dvc-render's VegaRenderer.SCRIPTS), fetched from the npm registry with
-`npm pack` (so a user's npm registry and proxy settings apply) and checked against the
-registry's sha512 digests pinned below.
+internet. DVC takes a template without the `{scripts}` placeholder (`plots.html_template`);
+set-up names this one in `.dvc/config.local`, DVC's machine-local config, which git ignores:
+a clone installed another way (`uv sync`, `pip install -e .`) has neither the file nor the
+setting, and `dvc plots show` uses DVC's own page. This template carries the three libraries
+inline, at the versions DVC's own page loads (dvc-render's VegaRenderer.SCRIPTS), fetched
+from the npm registry with `npm pack` (so a user's npm registry and proxy settings apply)
+and checked against the registry's sha512 digests pinned below.
 
 Without npm or the registry, the template falls back to DVC's own page (the CDN) and says
 so: plots then render only online, until set-up runs again with the registry reachable.
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT / ".cache" / "plots" / "offline.html"  # .dvc/config names it
+TEMPLATE = ROOT / ".cache" / "plots" / "offline.html"  # .dvc/config.local names it
 
 
 class Library(NamedTuple):
@@ -164,5 +166,18 @@ def write_template(target: Path = TEMPLATE) -> bool:
     return True
 
 
+def use_template(repo: Path = ROOT, template: Path = TEMPLATE) -> None:
+    """Name the template as `plots.html_template` in the repository's `.dvc/config.local`,
+    with DVC's own `dvc config --local` (a path relative to .dvc/, as DVC resolves it)."""
+    relative = Path("..") / template.relative_to(ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "config", "--local", "plots.html_template", str(relative)],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
 if __name__ == "__main__":
     write_template()
+    use_template()
