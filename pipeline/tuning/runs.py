@@ -192,6 +192,5 @@ class TuningRuns:
 
 
 def _log_params(client: MlflowClient, run_id: str, values: dict[str, Any]) -> None:
-    params = [Param(key, str(value)) for key, value in values.items()]
-    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=params[start : start + 100])
+    # log_batch splits them into MLflow's batches of at most 100 params itself.
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in values.items()])
