@@ -8,6 +8,8 @@
 #   ./tasks.sh setup                       only set up
 #   ./tasks.sh lint                        ruff check + format check + mypy + code deps check
 #   ./tasks.sh deps                        write each stage's code deps into dvc.yaml
+#   ./tasks.sh restore                     the last commit's workspace after a failed or unwanted
+#                                          dvc repro, whatever it left (tools/restore.sh)
 #   ./tasks.sh ui [--port N]               mlflow ui on the project's store, with the link to its runs
 #   ./tasks.sh dashboard [--port N]        optuna-dashboard on the studies' storage (tune.storage)
 #
@@ -100,10 +102,11 @@ case "$task" in
       --drop '^(results|models|data|pipeline)(/|$)|^(runs|variants|differences)\.' "$@"
     ;;
   lint) setup && lint ;;
+  restore) PATH="$PWD/.venv/bin:$PATH" tools/restore.sh ;;  # no set-up: nothing to install
   deps) setup && python -m tools.stage_deps --write ;;
   ui | dashboard) setup && serve "$task" "$@" ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

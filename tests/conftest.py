@@ -26,7 +26,7 @@ from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
 from tools.plots_template import use_template
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("pipeline", "tools", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
 DVC_FILES = (".gitignore", "config", "plots")
 
 

@@ -19,7 +19,15 @@ from scipy import stats
 
 from pipeline.layout import variant_files
 from pipeline.params import load_params
-from tests.conftest import PROJECT_ROOT, dvc, edit_params, run_command, runs_by_name
+from tests.conftest import (
+    PROJECT_ROOT,
+    dvc,
+    edit_params,
+    make_project,
+    run_command,
+    runs_by_name,
+)
+from tests.sources import write_class_folder
 from tools.plots_template import LIBRARIES
 from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
 from tools.stage_deps import code_closure
@@ -231,12 +239,9 @@ def test_after_a_failed_repro_the_documented_recovery_restores_every_output(
     recovery then gives back the last good workspace byte for byte, including what stages
     upstream of the failure changed before it."""
     failure = FAILURES[case]
-    copy = tmp_path / "committed"
-    shutil.copytree(reproduced, copy)
+    copy = committed_copy(reproduced, tmp_path)
     archive = (copy / "fixture/cifar10-small.tar.gz").read_bytes()
     (copy / "fixture/truncated.tar.gz").write_bytes(archive[: len(archive) // 2])
-    run_command(["git", "add", "-A"], copy)
-    run_command(["git", "commit", "-qm", "reproduced"], copy)
     before = workspace(copy)
     if failure.spoil is not None:
         edit_params(copy, failure.spoil)
@@ -262,12 +267,71 @@ def test_after_a_failed_repro_the_documented_recovery_restores_every_output(
     assert "up to date" in dvc(copy, "status").stdout
 
 
-# README's recovery after a failed `dvc repro`, word for word (docs/troubleshooting.md).
-RECOVERY = [
-    "sh",
-    "-c",
-    "git checkout -- params.yaml dvc.lock results comparison reports && dvc checkout",
-]
+# README's recovery after a failed or unwanted `dvc repro` (docs/troubleshooting.md).
+RECOVERY = ["tools/restore.sh"]
+
+
+def committed_copy(reproduced: Path, tmp_path: Path) -> Path:
+    """A copy of the reproduced project with its outputs committed."""
+    copy = tmp_path / "committed"
+    shutil.copytree(reproduced, copy)
+    run_command(["git", "add", "-A"], copy)
+    run_command(["git", "commit", "-qm", "reproduced"], copy)
+    return copy
+
+
+def test_the_recovery_after_a_fresh_clone_s_first_run_failed(tmp_path: Path) -> None:
+    """Nothing but code is committed: the failed first run's dvc.lock (staged by
+    core.autostage) goes, params.yaml comes back, and git sees the clone as it was."""
+    repo = make_project(tmp_path)
+    committed = (repo / "params.yaml").read_text()
+    edit_params(repo, empty_training_split)  # fetch succeeds, then normalize fails
+    failed = run_command([sys.executable, "-m", "dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0 and "empty training or validation split" in failed.stderr
+    assert (repo / "dvc.lock").is_file()
+    run_command(RECOVERY, repo)
+    assert (repo / "params.yaml").read_text() == committed
+    assert not (repo / "dvc.lock").exists()
+    assert run_command(["git", "status", "--porcelain"], repo).stdout == ""
+
+
+def test_the_recovery_after_an_unwanted_repro_that_succeeded(
+    reproduced: Path, tmp_path: Path
+) -> None:
+    """Another archive through fetch and normalize: core.autostage staged the new dvc.lock,
+    from which a plain `git checkout --` would restore; the recovery restores HEAD's."""
+    copy = committed_copy(reproduced, tmp_path)
+    other = write_class_folder(copy / "fixture" / "other", "tar.gz", per_class_train=6)
+    before = workspace(copy)
+    edit_params(copy, lambda values: values["data"].update(source=str(other.relative_to(copy))))
+    dvc(copy, "repro", "normalize")
+    assert "M  dvc.lock" in run_command(["git", "status", "--porcelain"], copy).stdout
+    run_command(RECOVERY, copy)
+    assert workspace(copy) == before
+    assert "up to date" in dvc(copy, "status").stdout
+
+
+def test_the_recovery_after_a_stage_failed_once_it_wrote_its_model(
+    reproduced: Path, tmp_path: Path
+) -> None:
+    """train writes its model (DVC-cached), then cannot log to MLflow's artifact folder (a file
+    stands where the folder was): `dvc checkout` alone refuses to overwrite the modified
+    model; the recovery restores it."""
+    copy = committed_copy(reproduced, tmp_path)
+    before = workspace(copy)
+    model = copy / "models" / "plain-42.keras"
+    shutil.rmtree(copy / "mlartifacts")
+    (copy / "mlartifacts").write_text("not a folder")
+    # A new experiment keeps its artifacts beside this copy's store (the copied store's own
+    # experiment names the original project's folder).
+    edit_params(copy, lambda values: values["mlflow"].update(experiment="late-failure"))
+    failed = run_command(
+        [sys.executable, "-m", "dvc", "repro", "train@plain-42"], copy, check=False
+    )
+    assert failed.returncode != 0
+    assert hashlib.sha256(model.read_bytes()).hexdigest() != before["models/plain-42.keras"]
+    run_command(RECOVERY, copy)
+    assert workspace(copy) == before
 
 
 def changed_stages(repo: Path) -> set[str]:

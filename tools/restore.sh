@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Give back the last commit's workspace after a failed or unwanted `dvc repro` (or
+# `dvc exp run` in the workspace), whatever state it left:
+#   - params.yaml, dvc.lock and the outputs kept in git (results/, comparison/, reports/) as
+#     HEAD has them, whether core.autostage staged the new ones or not; files HEAD lacks (a
+#     fresh clone's first run: its dvc.lock and outputs) are removed;
+#   - the DVC-cached outputs (data, models) as that dvc.lock names them, overwriting any a
+#     stage rewrote before it failed (`dvc checkout --force`).
+# What git ignores and the lock does not name (data a failed first run fetched) stays, as
+# does DVC's cache.
+#
+#   tools/restore.sh          (or ./tasks.sh restore)
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+kept=(params.yaml dvc.lock results comparison reports)
+git reset -q HEAD -- "${kept[@]}"   # unstage: a plain `git checkout --` restores from the index
+git clean -fdq -- "${kept[@]}"      # what HEAD does not have
+mapfile -t committed < <(git ls-tree -r --name-only HEAD -- "${kept[@]}")
+if ((${#committed[@]})); then
+  git checkout HEAD -- "${committed[@]}"
+fi
+if [[ -f dvc.lock ]]; then
+  dvc checkout --force --quiet
+fi
