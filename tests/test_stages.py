@@ -3,14 +3,21 @@ writes and logs to a real MLflow store (no DVC here: tests/test_pipeline.py runs
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
 import numpy as np
 import pytest
+import yaml
+from dvc.repo import Repo
 
 from pipeline import compare, evaluate, fetch, normalize, train, tune
 from pipeline.analysis.mlflow_runs import training_runs
@@ -22,7 +29,7 @@ from pipeline.params import Params
 from pipeline.records import read_record
 from pipeline.records.runs import TestMetrics, TrainMetrics, TunedRate
 from pipeline.training import device_description
-from tests.conftest import client_for, runs_by_name, small_params, stores_at
+from tests.conftest import PROJECT_ROOT, client_for, runs_by_name, small_params, stores_at
 from tests.sources import write_class_folder
 
 VARIANTS = ("plain", "bn")
@@ -46,12 +53,45 @@ PROBE_METRICS = (
 
 
 class Staged:
-    """What the module's stages returned."""
+    """What the module's stages returned, and the files each read."""
 
     tuned: dict[str, TunedRate]
     trained: dict[str, TrainMetrics]
     tested: dict[str, TestMetrics]
     summary: Summary
+    reads: dict[str, set[Path]]
+
+
+_READS: list[set[Path]] = []  # where the audit hook records, while a stage runs
+
+
+def _record_reads(event: str, args: tuple[Any, ...]) -> None:
+    """An audit hook: every file Python opens for reading, while `_READS` has a set."""
+    if event != "open" or not _READS or not isinstance(args[0], str | bytes | os.PathLike):
+        return
+    path, mode, flags = os.fsdecode(args[0]), args[1], args[2]
+    if mode is None and not Path(path).is_absolute():
+        return  # os.open relative to a folder's descriptor (shutil.rmtree walking a folder)
+    writes = (
+        any(letter in mode for letter in "wax+")
+        if mode
+        else bool(flags & (os.O_WRONLY | os.O_RDWR))
+    )
+    if not writes:
+        _READS[-1].add(Path(path).resolve())
+
+
+sys.addaudithook(_record_reads)  # audit hooks cannot be removed: it records only in `reading`
+
+
+@contextlib.contextmanager
+def reading(reads: dict[str, set[Path]], stage: str) -> Iterator[None]:
+    """Record the files the block reads as `reads[stage]`."""
+    _READS.append(reads.setdefault(stage, set()))
+    try:
+        yield
+    finally:
+        _READS.pop()
 
 
 @pytest.fixture(scope="module")
@@ -63,26 +103,69 @@ def staged_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     params = small_params(seeds=[SEED], train={"probe": {"landscape": {"every_steps": 5}}})
     stores = stores_at(root)
     done = Staged()
+    reads: dict[str, set[Path]] = {}
+    done.reads = reads
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # params.yaml's paths are relative to the project root
-        fetch.run(params, stores)
-        normalize.run(params)
+        with reading(reads, "fetch"):
+            fetch.run(params, stores)
+        with reading(reads, "normalize"):
+            normalize.run(params)
         done.tuned = {}
         done.trained = {}
         done.tested = {}
         for variant in VARIANTS:
-            passed = tune.run(params, variant, stores)
+            with reading(reads, f"tune@{variant}"):
+                passed = tune.run(params, variant, stores)
             assert passed is not None
             done.tuned[variant] = passed
-            done.trained[variant] = train.run(params, variant, SEED, stores)
-            done.tested[variant] = evaluate.run(params, variant, SEED, stores)
-        done.summary = compare.run(params, stores)
+            with reading(reads, f"train@{variant}-{SEED}"):
+                done.trained[variant] = train.run(params, variant, SEED, stores)
+            with reading(reads, f"evaluate@{variant}-{SEED}"):
+                done.tested[variant] = evaluate.run(params, variant, SEED, stores)
+        with reading(reads, "compare"):
+            done.summary = compare.run(params, stores)
         yield root, params, done
 
 
 @pytest.fixture
 def staged(staged_run: tuple[Path, Params, Staged]) -> Path:
     return staged_run[0]
+
+
+def test_every_file_a_stage_reads_is_declared_to_dvc(
+    staged_run: tuple[Path, Params, Staged], tmp_path: Path
+) -> None:
+    """The files each stage opened for reading, called in-process under an audit hook,
+    against its deps and outs in dvc.yaml as DVC itself resolves them for these params."""
+    root, params, done = staged_run
+    repo_root = tmp_path / "declared"
+    repo_root.mkdir()
+    shutil.copy2(PROJECT_ROOT / "dvc.yaml", repo_root / "dvc.yaml")
+    (repo_root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    with Repo.init(str(repo_root), no_scm=True) as repo:
+        declared = {
+            stage.name: {
+                (root / Path(str(item.def_path))).resolve() for item in [*stage.deps, *stage.outs]
+            }
+            for stage in repo.index.stages
+        }
+    # Read but not data: the params file (DVC tracks the keys a stage names), the MLflow
+    # store, and fetch's source, which `data.source` names (it may be a URL; a local archive's
+    # content is the one read DVC cannot see, and fetch records its sha256 in provenance).
+    outside = {root / "params.yaml", root / "mlflow.db", (root / params.data.source).resolve()}
+    assert set(done.reads) <= set(declared)
+    for stage, reads in done.reads.items():
+        undeclared = {
+            path
+            for path in reads
+            if path.is_relative_to(root)
+            and path not in outside
+            and not path.is_relative_to(root / "mlartifacts")
+            and not any(path == item or path.is_relative_to(item) for item in declared[stage])
+        }
+        assert not undeclared, f"{stage} reads what dvc.yaml does not declare: {undeclared}"
+    assert (root / params.paths.prepared_dataset).resolve() in done.reads[f"train@plain-{SEED}"]
 
 
 def test_each_stage_returns_what_it_writes(staged_run: tuple[Path, Params, Staged]) -> None:
