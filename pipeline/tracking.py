@@ -28,6 +28,8 @@ from pipeline.params import Params, TrainParams
 log = logging.getLogger(__name__)
 
 ARTIFACTS_FOLDER = "mlartifacts"
+# How PostgreSQL and SQLite, through an MLflow server or not, word a unique-key collision.
+DUPLICATE_KEY_MARKERS = ("UniqueViolation", "duplicate key value", "UNIQUE constraint failed")
 # `mlflow ui` opens an experiment of this kind on its training runs, not the GenAI view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -120,7 +122,16 @@ def log_dataset(x: np.ndarray, y: np.ndarray, split: str, source: str, context: 
     dataset = from_numpy(
         x, targets=y, source=source, name=f"cifar10-{split}", digest=array_digest(x, y)[:32]
     )
-    mlflow.log_input(dataset, context=context)
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as error:
+        # MLflow's SQL store inserts a dataset it has not seen without a lock: two runs logging
+        # the same new dataset at the same moment (grid or queue workers starting together)
+        # collide on its unique key, and the loser's insert fails. The dataset exists now.
+        if not any(marker in str(error) for marker in DUPLICATE_KEY_MARKERS):
+            raise
+        log.info("dataset %s was being logged by another run; logging it again", dataset.name)
+        mlflow.log_input(dataset, context=context)
 
 
 def flat_params(params: Params, variant: str, seed: int, settings: TrainParams) -> dict[str, Any]:
