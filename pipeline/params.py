@@ -355,9 +355,18 @@ def same_result_keys(prefix: str = "train", model: type[BaseModel] = TrainParams
         marked = isinstance(extra, dict) and extra.get("same_result")
         if section is not None:
             inner = same_result_keys(f"{prefix}.{name}", section)
-            keys |= {f"{prefix}.{name}.{key}" for key in section.model_fields} if marked else inner
+            keys |= _leaf_keys(f"{prefix}.{name}", section) if marked else inner
         elif marked:
             keys.add(f"{prefix}.{name}")
+    return keys
+
+
+def _leaf_keys(prefix: str, model: type[BaseModel]) -> set[str]:
+    """Every setting of a section, nested sections' included, as dotted keys."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        section = section_type(field.annotation)
+        keys |= _leaf_keys(f"{prefix}.{name}", section) if section else {f"{prefix}.{name}"}
     return keys
 
 

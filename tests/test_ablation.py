@@ -173,13 +173,14 @@ def test_the_cost_section_counts_the_runs_that_kept_their_cost() -> None:
             device="CPU: test",
         )
 
-    probed = {"train.probe.landscape.every_steps": "500"}
+    # Two groups (two rates), the first with the landscape probe on.
+    probed = {"train.learning_rate": "0.01", "train.probe.landscape.every_steps": "500"}
     summary = summarize(
         [
             costed(1, 6.0, 0.09, **probed),
             costed(2, 8.0, 0.11, **probed),
             run(3, **probed),  # a record written before the cost was kept
-            costed(1, 5.0, 0.0),
+            costed(1, 5.0, 0.0, **{"train.learning_rate": "0.001"}),
         ]
     )
     rows = {row.group: row for row in cost_rows(summary)}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.params import Params, load_params
+from pipeline.params import Params, load_params, same_result_keys
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -131,3 +131,11 @@ def test_params_are_frozen() -> None:
     params = load_params(PROJECT_PARAMS)
     with pytest.raises(ValueError, match="frozen"):
         params.train.epochs = 1  # type: ignore[misc]
+
+
+def test_a_same_result_section_marks_its_nested_settings_too() -> None:
+    keys = same_result_keys()
+    # probe is marked whole: its landscape section's settings are not factors of a grid either
+    assert {"train.probe.interval", "train.probe.landscape.every_steps"} <= keys
+    assert "train.probe.landscape" not in keys  # a section, not a setting
+    assert "train.learning_rate" not in keys and "train.speed.precision" not in keys
