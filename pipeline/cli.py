@@ -57,9 +57,24 @@ def run_stage(args: argparse.Namespace, body: Callable[[Params], object]) -> Non
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # a full disk, a folder turned read-only or into a file
+        if args.debug:
+            raise
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written. Run the stage again.", file=sys.stderr)
         sys.exit(130)
+
+
+def describe_os_error(error: OSError) -> str:
+    """What the operating system refused, and the way out, in one line."""
+    where = f" ({error.filename})" if error.filename else ""
+    return (
+        f"the operating system refused a file operation{where}: "
+        f"{error.strerror or error}; free disk space or fix the path's permissions, then run "
+        "again (--debug shows where it happened)"
+    )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

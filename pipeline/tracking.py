@@ -52,6 +52,12 @@ def connect(experiment_name: str, uri: str | None = None) -> str:
     try:
         with _store_lock(uri):
             experiment = mlflow.get_experiment_by_name(experiment_name)
+            if experiment is not None and experiment.lifecycle_stage == "deleted":
+                raise PipelineError(
+                    f"the MLflow experiment {experiment_name!r} is deleted (in the trash of "
+                    f"{uri}): restore it (`mlflow experiments restore --experiment-id "
+                    f"{experiment.experiment_id}`) or set mlflow.experiment to another name"
+                )
             if experiment is not None:
                 close_orphaned_runs(experiment.experiment_id)
                 if not EXPERIMENT_KIND.items() <= experiment.tags.items():

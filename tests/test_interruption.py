@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import names, tracking
+from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from tests.conftest import project_environment, small_values
 from tests.sources import write_class_folder
@@ -33,6 +34,15 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite store with the experiment `interrupted`; returns its id."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tracking.connect("interrupted")
+
+
+def test_an_experiment_deleted_in_mlflow_s_ui_is_named_with_the_way_back(store: str) -> None:
+    MlflowClient().delete_experiment(store)  # what the UI's delete does: to the trash
+    with pytest.raises(PipelineError, match=r"experiment 'interrupted' is deleted") as raised:
+        tracking.connect("interrupted")
+    assert f"mlflow experiments restore --experiment-id {store}" in str(raised.value)
+    MlflowClient().restore_experiment(store)
+    assert tracking.connect("interrupted") == store
 
 
 def test_runs_left_running_by_dead_processes_are_marked_killed(store: str) -> None:
