@@ -141,8 +141,8 @@ def write_summary(
     return table
 
 
-def main() -> None:
-    """Entry point of `python -m pipeline.ablation`."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m pipeline.ablation`; `argv` instead of the command line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--experiments", nargs="+", default=[], help="only the runs of these DVC experiments"
@@ -189,7 +189,7 @@ def main() -> None:
         help="writes OUT.md and OUT.json (default: ablation/ablation)",
     )
     add_common_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run_stage(args, lambda params: run(params, args))
 
 

@@ -82,12 +82,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_seed_stage(
-    description: str | None, run: Callable[[Params, str, int, Stores], object]
+    description: str | None,
+    run: Callable[[Params, str, int, Stores], object],
+    argv: list[str] | None = None,
 ) -> None:
     """`main()` of a stage per variant and training seed (train, evaluate): parse
     `<variant> [--seed N]`, then call `run(params, variant, seed, stores)` through run_stage;
     without --seed, the first of params.yaml's `seeds`."""
-    args = stage_parser(description, variant=True, seed=True).parse_args()
+    args = stage_parser(description, variant=True, seed=True).parse_args(argv)
     run_stage(
         args,
         lambda params: run(

@@ -136,9 +136,9 @@ def log_to_mlflow(
             mlflow.log_artifact(str(path))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pipeline.compare`."""
-    args = stage_parser(__doc__).parse_args()
+    args = stage_parser(__doc__).parse_args(argv)
     run_stage(args, lambda params: run(params, Stores.from_environment()))
 
 

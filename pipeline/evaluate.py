@@ -125,9 +125,9 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
     return metrics
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pipeline.evaluate <variant> [--seed N]`."""
-    run_seed_stage(__doc__, run)
+    run_seed_stage(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -131,9 +131,9 @@ def run(params: Params) -> NormalizationStats:
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pipeline.normalize`."""
-    run_stage(stage_parser(__doc__).parse_args(), run)
+    run_stage(stage_parser(__doc__).parse_args(argv), run)
 
 
 if __name__ == "__main__":

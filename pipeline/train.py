@@ -199,9 +199,9 @@ def learning_curves_figure(name: str, history: History) -> plt.Figure:
     return figure
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pipeline.train <variant> [--seed N]`."""
-    run_seed_stage(__doc__, run)
+    run_seed_stage(__doc__, run, argv)
 
 
 def checkpoint_folder(root: Path, settings: dict[str, Any], data_sha256: str) -> Path:

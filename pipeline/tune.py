@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pipeline.tune <variant> [--n-trials N] [--storage URL]`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("variant", help="a key of `variants` in params.yaml")
@@ -46,7 +46,7 @@ def main() -> None:
         "(postgresql://user@host/db) or journal:<file>; writes no tuned.json",
     )
     add_common_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run_stage(
         args,
         lambda params: run(

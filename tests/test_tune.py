@@ -139,7 +139,7 @@ def test_tuning_off_passes_the_rate_through_without_tensorflow(tmp_path: Path) -
     values["variants"][VARIANT]["learning_rate"] = 0.0042
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
     check = (
-        "import sys; sys.argv = ['tune', 'plain']; from pipeline.tune import main; main(); "
+        "import sys; from pipeline.tune import main; main(['plain']); "
         "assert 'tensorflow' not in sys.modules and 'optuna' not in sys.modules, 'imported'"
     )
     result = subprocess.run(
@@ -449,10 +449,9 @@ def test_rerunning_a_finished_study_runs_no_trial(
     monkeypatch.chdir(tuned_project)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tuned_project / 'mlflow.db'}")
-    monkeypatch.setattr(sys, "argv", ["pipeline.tune", VARIANT])
     from pipeline.tune import main
 
-    main()
+    main([VARIANT])
     assert tuned.read_text() == before
     assert len(read_study(tuned_project).trials) == 3
     client = MlflowClient(tracking_uri=f"sqlite:///{tuned_project / 'mlflow.db'}")
