@@ -86,12 +86,6 @@ def write_csv(target: Path, fields: Sequence[str], rows: Iterable[Mapping[str, A
         writer.writerows(rows)
 
 
-def write_npz(target: Path, **arrays: np.ndarray) -> None:
-    """Write arrays to an uncompressed .npz, atomically (no pickle: object arrays refused)."""
-    with atomic_path(target) as temporary:
-        _save_npz(temporary, arrays)
-
-
 def write_npz_and_json(
     npz_target: Path, arrays: dict[str, np.ndarray], json_target: Path, payload: Any
 ) -> None:

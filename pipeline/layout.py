@@ -70,7 +70,7 @@ def variant_files(paths: PathsParams, variant: str, seed: int) -> VariantFiles:
 class Stores:
     """What a stage records to outside its outputs: the project root (checkpoints, GPU
     claims, the default stores) and the MLflow tracking URI. `main()` builds it from the
-    environment (pipeline.tracking.environment_stores); tests pass their own."""
+    environment (`Stores.from_environment`); tests pass their own."""
 
     root: Path
     tracking_uri: str

@@ -106,7 +106,6 @@ def _tune(
 
     from pipeline import tracking
     from pipeline.tuning.data import load_tuning_data
-    from pipeline.tuning.spec import trial_settings
     from pipeline.tuning.storage import storage_url
     from pipeline.tuning.worker import run_study
 
@@ -114,7 +113,7 @@ def _tune(
     # Optuna's messages go through the stage's logging set-up, like every other message.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
-    settings = trial_settings(params, variant)
+    settings = params.variant(variant)  # a trial trains as the run itself does
     data = load_tuning_data(
         params.paths.prepared_dataset, settings, params.tune.subset, params.seed
     )

@@ -20,13 +20,13 @@ from optuna.trial import TrialState
 
 from pipeline import training
 from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_npz
+from pipeline.files import read_json
 from pipeline.params import Params
 from pipeline.training import TrainingData, train_model
 from pipeline.tuning import objective as tuning_objective
 from pipeline.tuning.data import data_digest, subset_data
 from pipeline.tuning.objective import EpochPruning, Objective
-from pipeline.tuning.spec import StudySpec, make_pruner, open_study, trial_settings
+from pipeline.tuning.spec import StudySpec, make_pruner, open_study
 from pipeline.tuning.storage import (
     Heartbeat,
     describe_storage,
@@ -89,7 +89,8 @@ def write_project(root: Path, **tune: Any) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_values(**tune), sort_keys=False))
     data = tiny_data()
-    write_npz(
+    (root / "data/prepared").mkdir(parents=True, exist_ok=True)
+    np.savez(
         root / "data/prepared/cifar10.npz",
         x_train=data.x_train,
         y_train=data.y_train,
@@ -114,7 +115,7 @@ def study_spec(params: Params, data: TrainingData) -> StudySpec:
     """The spec of the test variant's study on `data`."""
     return StudySpec(
         VARIANT,
-        trial_settings(params, VARIANT),
+        params.variant(VARIANT),
         params.tune,
         params.seed,
         data_digest(data),
@@ -179,7 +180,7 @@ def test_study_name_follows_the_search_configuration() -> None:
     params = tiny_params()
 
     def name(params: Params, variant: str = VARIANT, digest: str = "d") -> str:
-        settings = trial_settings(params, variant)
+        settings = params.variant(variant)
         return StudySpec(variant, settings, params.tune, params.seed, digest).name
 
     base = name(params)
@@ -315,7 +316,7 @@ def test_an_op_without_a_deterministic_kernel_stops_the_study_with_that_error(
 
 
 def test_a_trial_rate_is_validated_like_params_yaml() -> None:
-    settings = trial_settings(tiny_params(), VARIANT)
+    settings = tiny_params().variant(VARIANT)
     assert settings.with_learning_rate(0.02).learning_rate == 0.02
     with pytest.raises(PipelineError, match=r"learning rate -1.*greater than 0"):
         settings.with_learning_rate(-1.0)
@@ -478,7 +479,7 @@ def test_a_study_whose_best_trial_only_guesses_is_refused() -> None:
 
 def test_objective_on_a_fixed_trial() -> None:
     params = tiny_params()
-    settings = trial_settings(params, VARIANT)
+    settings = params.variant(VARIANT)
     objective = Objective(tiny_data(), settings, params.seed, params.tune)
     value = objective(optuna.trial.FixedTrial({"learning_rate": 1e-2}))
     # The value is the last validation accuracy of that rate's training, which is seeded.
@@ -517,7 +518,7 @@ def test_a_diverging_learning_rate_is_pruned_and_the_study_goes_on(stores: Path)
     study = open_study(
         StudySpec(
             VARIANT,
-            trial_settings(params, VARIANT),
+            params.variant(VARIANT),
             params.tune,
             params.seed,
             data_digest(data),
@@ -645,11 +646,11 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(
 def test_a_bn_study_at_chance_says_why_and_what_to_change() -> None:
     values = tiny_values()
     values["variants"]["bn"] = {"batch_norm": True}
-    settings = trial_settings(Params.model_validate(values), "bn")
+    settings = Params.model_validate(values).variant("bn")
     advice = no_learning_advice(settings, 32)  # 2 epochs of 4 steps
     assert "8 training steps at train.bn_momentum 0.99 leave 92%" in advice
     assert "Lower train.bn_momentum" in advice
-    assert no_learning_advice(trial_settings(tiny_params(), VARIANT), 32) == ""
+    assert no_learning_advice(tiny_params().variant(VARIANT), 32) == ""
     summary = StudySummary(
         "bn-lr-0", "optuna.journal", 3, 3, 0, 0, 0, 6, 6, 1.0, 0.01, 0.1, 0, advice
     )

@@ -11,11 +11,9 @@ from pipeline.params import TrainParams
 from pipeline.sampling import stratified_sample
 from pipeline.training import TrainingData, training_data
 
-
-def required_keys(settings: TrainParams) -> tuple[str, ...]:
-    """The arrays of the prepared dataset that tuning reads."""
-    keys = ("x_train", "y_train", "x_val", "y_val")
-    return (*keys, "x_test", "y_test") if settings.validation_data == "test" else keys
+# The arrays of the prepared dataset that tuning reads: never the test set (the tune stage
+# refuses train.validation_data: test).
+TUNING_KEYS = ("x_train", "y_train", "x_val", "y_val")
 
 
 def subset_data(data: TrainingData, size: int | None, seed: int) -> TrainingData:
@@ -30,7 +28,7 @@ def load_tuning_data(
     path: Path, settings: TrainParams, size: int | None, seed: int
 ) -> TrainingData:
     """Read the prepared dataset once per process and keep only what trials use."""
-    arrays = read_npz(path, required_keys(settings))
+    arrays = read_npz(path, TUNING_KEYS)
     return subset_data(training_data(arrays, settings), size, seed)
 
 

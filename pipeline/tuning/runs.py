@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from optuna.trial import TrialState
 
-from pipeline import tracking
+from pipeline import names, tracking
 from pipeline.mlflow_callbacks import MlflowEpochMetrics
 from pipeline.params import Params
 from pipeline.png import save
@@ -50,7 +50,7 @@ class TuningRuns:
 
     def _tags(self) -> dict[str, str]:
         tags = tracking.run_tags(self.spec.variant, self.spec.data_digest, self.spec.seed)
-        tags.pop("dataset_digest")  # training runs mean the source archive's digest by it
+        tags.pop(names.DATASET_DIGEST_TAG)  # training runs mean the source archive's digest by it
         return {
             **tags,
             "tuning_data_digest": self.spec.data_digest,
@@ -100,7 +100,7 @@ class TuningRuns:
             tags={
                 "mlflow.parentRunId": parent_id,
                 **tracking.process_tags(),
-                "variant": self.spec.variant,
+                names.VARIANT_TAG: self.spec.variant,
                 "optuna_study": self.spec.name,
                 "optuna_trial_number": str(number),
             },

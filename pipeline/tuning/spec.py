@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.params import Params, TrainParams, TuneParams, same_result_fields
+from pipeline.params import TrainParams, TuneParams, same_result_fields
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,6 @@ class StudySpec:
         """`<variant>-lr-<hash of the configuration>`: equal settings find the same study."""
         encoded = json.dumps(self.configuration(), sort_keys=True).encode()
         return f"{self.variant}-lr-{hashlib.sha256(encoded).hexdigest()[:10]}"
-
-
-def trial_settings(params: Params, variant: str) -> TrainParams:
-    """A variant's training settings as its trials use them: those of the run itself."""
-    return params.variant(variant)
 
 
 def pruner_settings(tune: TuneParams) -> dict[str, Any]:

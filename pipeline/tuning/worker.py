@@ -30,7 +30,6 @@ from pipeline.tuning.spec import (
     StudySpec,
     open_study,
     trial_sampler,
-    trial_settings,
 )
 from pipeline.tuning.storage import (
     Heartbeat,
@@ -169,7 +168,7 @@ def run_study(
     """Run or continue the variant's study until it has `n_trials` finished trials, tracked
     in the MLflow store `tracking_uri` (default: the environment's)."""
     heartbeat = heartbeat or Heartbeat()
-    settings = trial_settings(params, variant)
+    settings = params.variant(variant)
     spec = StudySpec(variant, settings, params.tune, params.seed, data_digest(data))
     optuna_storage = open_storage(storage, heartbeat)
     study = open_study(spec, optuna_storage)
