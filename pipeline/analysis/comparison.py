@@ -83,7 +83,7 @@ def seeds_table(summary: Summary) -> Table:
             "seeds",
             "test acc (mean ± std)",
             "best val acc (mean ± std)",
-            "val acc curve roughness (runs that learned)",
+            "val acc fall-back per epoch (runs that learned)",
         ),
         "lrrrr",
         [
@@ -103,7 +103,7 @@ def roughness_cell(roughness: Spread) -> str:
     """Mean ± std of the roughness with its count, or why there is none."""
     if roughness.n == 0:
         return "none learned"
-    return f"{roughness.mean:.2f} ± {roughness.std:.2f} ({roughness.n})"
+    return f"{roughness.mean:.4f} ± {roughness.std:.4f} ({roughness.n})"
 
 
 def gap_name(gap: VariantGap) -> str:

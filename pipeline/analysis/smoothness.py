@@ -130,7 +130,7 @@ class RoughnessGap:
         p = self.roughness.permutation_p
         permutation = "" if math.isnan(p) else f"; exact permutation p = {p:.3g}"
         return (
-            f"{self.group}: validation accuracy curve roughness, {self.variant} − "
+            f"{self.group}: validation accuracy fall-back per epoch, {self.variant} − "
             f"{self.baseline}: {self.roughness.describe()}{permutation}"
         )
 

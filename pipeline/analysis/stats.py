@@ -142,16 +142,18 @@ MOVED_AT_LEAST = 0.01  # a curve whose net change is smaller did not learn: no r
 
 
 def curve_roughness(values: list[float]) -> float:
-    """How jagged a learning curve is: the path it travels over its net change,
-    Σ|yᵢ₊₁ − yᵢ| / |y_last − y_first|. 1 for a curve that only climbs (or only falls), more
-    for every step back. Normalized by the net change, a run that stays at chance cannot win
-    by being flat: it has no roughness (NaN), and is counted apart. NaN below three points."""
-    if len(values) < 3:
+    """How jagged a learning curve is: how far it falls back per epoch, on average,
+    Σ max(0, yᵢ − yᵢ₊₁) / (n − 1), in the curve's own units. 0 for a curve that only climbs.
+
+    Not divided by the curve's net change: a curve that does most of its climbing before
+    the first point (BN's, by epoch 1) would otherwise score rougher for the same steps
+    back. A run that did not learn (net change below MOVED_AT_LEAST) has no roughness (NaN)
+    and is counted apart, so a flat curve at chance cannot win by being flat. NaN below
+    three points."""
+    if len(values) < 3 or abs(values[-1] - values[0]) < MOVED_AT_LEAST:
         return math.nan
-    net = abs(values[-1] - values[0])
-    if net < MOVED_AT_LEAST:
-        return math.nan
-    return sum(abs(b - a) for a, b in zip(values, values[1:], strict=False)) / net
+    falls = [max(0.0, a - b) for a, b in zip(values, values[1:], strict=False)]
+    return sum(falls) / len(falls)
 
 
 def finite_spread(values: list[float]) -> Spread:

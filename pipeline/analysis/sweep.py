@@ -128,7 +128,7 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
         else:
             accuracy += " (no interval)"
         roughness = (
-            f"{point.roughness.mean:.2f} ({point.roughness.n})" if point.roughness.n else "–"
+            f"{point.roughness.mean:.4f} ({point.roughness.n})" if point.roughness.n else "–"
         )
         low, high = point.left_chance_interval
         rows.append(
@@ -153,7 +153,7 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
             "left chance [95% exact CI]",
             "failed",
             "tolerated",
-            "val acc roughness (runs)",
+            "val acc fall-back per epoch (runs)",
         ),
         "lrrrrrlr",
         rows,
