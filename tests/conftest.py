@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -164,6 +165,20 @@ def runs_by_name(repo: Path, experiment: str = "bn-cifar10") -> dict[str, list[R
     for run in client.search_runs([found.experiment_id], order_by=["start_time ASC"]):
         runs.setdefault(run.info.run_name, []).append(run)
     return runs
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_state() -> Iterator[None]:
+    """MLflow keeps its tracking URI (writing it to MLFLOW_TRACKING_URI too) and its active
+    run for the whole process: each test leaves both as it found them, so that tests sharing
+    a worker do not log to each other's stores."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # MLflow's reset: the environment's
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-from pipeline.params import LandscapeParams
 from pipeline.training import landscape_callback, train_model
 from tests.conftest import small_train
 from tests.test_train import tiny_data
@@ -43,4 +42,3 @@ def test_the_measures_are_finite_and_consistent() -> None:
         assert all(math.isfinite(row[key]) for key in row), row
         assert row["loss_variation"] >= 0 and row["gradient_change"] > 0
         assert row["beta_smoothness"] > 0 and row["gradient_norm"] > 0
-    assert LandscapeParams().every_steps == 0  # off by default

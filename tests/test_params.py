@@ -127,12 +127,6 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     assert "must be a mapping" in error_of(path)
 
 
-def test_params_are_frozen() -> None:
-    params = load_params(PROJECT_PARAMS)
-    with pytest.raises(ValueError, match="frozen"):
-        params.train.epochs = 1  # type: ignore[misc]
-
-
 def test_a_same_result_section_marks_its_nested_settings_too() -> None:
     keys = same_result_keys()
     # probe is marked whole: its landscape section's settings are not factors of a grid either

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,6 @@ from pipeline.layout import variant_files
 from pipeline.params import Params
 from pipeline.records import read_record
 from pipeline.records.runs import TestMetrics, TrainMetrics, TunedRate
-from pipeline.training import device_description
 from tests.conftest import PROJECT_ROOT, client_for, runs_by_name, small_params, stores_at
 from tests.sources import write_class_folder
 
@@ -265,7 +265,7 @@ def test_mlflow_store_has_one_tracked_run_per_variant(staged: Path) -> None:
         (run,) = runs[f"{variant}-42"]
         assert run.info.status == "FINISHED"
         assert run.data.tags["variant"] == variant
-        assert run.data.tags["device"] == device_description()
+        assert re.fullmatch(r"CPU: .+, \d+ cores?|GPU: .+", run.data.tags["device"])
         assert len(run.data.tags["dataset_digest"]) == 64
         assert run.data.params["train.batch_norm"] == str(variant == "bn")
         assert run.data.params["train.learning_rate"] == "0.001"
