@@ -12,9 +12,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
+import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -22,9 +24,14 @@ from mlflow.entities import Run
 
 from pipeline.layout import Stores
 from pipeline.params import Params, TrainParams
+from pipeline.tuning.spec import StudySpec
+from pipeline.tuning.storage import open_storage
 from tests.sources import write_class_folder
 from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
 from tools.plots_template import use_template
+
+if TYPE_CHECKING:  # TensorFlow is imported by the tests that train, not by every test
+    from pipeline.training import TrainingData
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "tools", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
@@ -227,3 +234,106 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+# Tiny data and settings shared by the training and tuning tests.
+
+
+def tiny_signal_data(seed: int = 0, n: int = 64) -> TrainingData:
+    """Noise with a learnable corner per class: 64 training and 20 validation images."""
+    from pipeline.training import TrainingData
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    images[:, :4, :4, 0] += labels[:, None, None] / 3  # a learnable signal
+    return TrainingData(images, labels.astype(np.uint8), images[:20], labels[:20].astype(np.uint8))
+
+
+def tiny_train_settings(**changes: object) -> TrainParams:
+    """The small training settings at batch 16: 4 steps per epoch of tiny_signal_data."""
+    return small_train(**{"batch_size": 16, **changes})
+
+
+TUNING_VARIANT = "plain"  # the variant of the tuning tests: relu + Adam, which learns fast
+
+
+def tiny_colour_data(n_train: int = 40, n_val: int = 20) -> TrainingData:
+    """Noisy images with one colour per class: learnable in a couple of epochs."""
+    from pipeline.training import TrainingData
+
+    palette = np.random.default_rng(1234).normal(size=(10, 3)) * 1.5
+
+    def images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % 10
+        noise = 0.5 * np.random.default_rng(seed).normal(size=(n, 32, 32, 3))
+        x = (palette[labels][:, None, None, :] + noise).astype(np.float32)
+        return x, labels.astype(np.uint8)
+
+    return TrainingData(*images(n_train, 0), *images(n_val, 1))
+
+
+def tiny_tuning_values(**tune: Any) -> dict[str, Any]:
+    """The small params (2 epochs, batch 8) for a few-second trial of 32 images."""
+    return small_values(
+        seed=3,
+        train={"augmentation": {"shear_degrees": 0.0, "zoom": 0.0, "horizontal_flip": False}},
+        # relu + Adam learns the colours in two epochs of 4 steps (sigmoid, or BatchNormalization
+        # with its moving statistics barely updated, stays at chance there): studies rank rates.
+        variants={TUNING_VARIANT: {"batch_norm": False, "activation": "relu", "optimizer": "adam"}},
+        # No pruner unless a test sets one: three trials then complete, whatever their rates.
+        # Nor a first trial at train.learning_rate unless a test asks: trials are the ones
+        # a test enqueues or the sampler draws.
+        tune={
+            "n_trials": 3,
+            "subset": 32,
+            "lr_low": 1e-4,
+            "lr_high": 1e-1,
+            "try_default_first": False,
+            "pruner": {"kind": "none"},
+            **tune,
+        },
+    )
+
+
+def tiny_tuning_params(**tune: Any) -> Params:
+    """`tiny_tuning_values`, validated."""
+    return Params.model_validate(tiny_tuning_values(**tune))
+
+
+def write_tuning_project(root: Path, **tune: Any) -> Path:
+    """A folder with params.yaml and a prepared dataset, as `normalize` leaves it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_tuning_values(**tune), sort_keys=False))
+    data = tiny_colour_data()
+    (root / "data/prepared").mkdir(parents=True, exist_ok=True)
+    np.savez(
+        root / "data/prepared/cifar10.npz",
+        x_train=data.x_train,
+        y_train=data.y_train,
+        x_val=data.x_val,
+        y_val=data.y_val,
+        x_test=data.x_val,
+        y_test=data.y_val,
+        class_names=np.array([f"class{index}" for index in range(10)]),
+    )
+    return root
+
+
+def tuning_study_spec(params: Params, data: TrainingData) -> StudySpec:
+    """The spec of the test variant's study on `data`."""
+    from pipeline.tuning.data import data_digest
+
+    return StudySpec(
+        TUNING_VARIANT,
+        params.variant(TUNING_VARIANT),
+        params.tune,
+        params.seed,
+        data_digest(data),
+    )
+
+
+def load_tuning_study(storage: str, params: Params, data: TrainingData) -> optuna.Study:
+    """The study `run_study` works on, read back through Optuna's API."""
+    name = tuning_study_spec(params, data).name
+    return optuna.load_study(study_name=name, storage=open_storage(storage))

@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.training import landscape_callback, train_model
 from tests.conftest import small_train
-from tests.test_train import tiny_data
+from tests.conftest import tiny_signal_data as tiny_data
 
 
 def settings(batch_norm: bool, every_steps: int) -> object:

@@ -18,7 +18,8 @@ from pipeline.probe_files import (
 )
 from pipeline.probes import PREACTIVATION_FIELDS, LayerProbe, ProbeCallback, fixed_batch
 from pipeline.training import train_model
-from tests.test_train import settings, tiny_data
+from tests.conftest import tiny_signal_data as tiny_data
+from tests.conftest import tiny_train_settings as settings
 
 CNN_LAYERS = ["conv1", "conv2", "conv3", "conv4", "dense", "classifier"]
 

@@ -23,8 +23,16 @@ from optuna.trial import TrialState
 
 from pipeline.params import Params
 from pipeline.tuning.data import subset_data
-from tests.conftest import PROJECT_ROOT, make_project, project_environment, run_command
-from tests.test_tune import VARIANT, load, tiny_data, write_project
+from tests.conftest import (
+    PROJECT_ROOT,
+    TUNING_VARIANT,
+    load_tuning_study,
+    make_project,
+    project_environment,
+    run_command,
+    tiny_colour_data,
+    write_tuning_project,
+)
 
 WORKERS = 3
 TRIALS = 6
@@ -107,9 +115,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 def test_three_workers_share_a_postgresql_study_and_an_mlflow_server(
     servers: Servers, tmp_path: Path
 ) -> None:
-    root = write_project(tmp_path / "project")
+    root = write_tuning_project(tmp_path / "project")
     command = [
-        sys.executable, "-m", "pipeline.tune", VARIANT,
+        sys.executable, "-m", "pipeline.tune", TUNING_VARIANT,
         "--n-trials", str(TRIALS), "--storage", servers.optuna_url,
     ]  # fmt: skip
     env = {
@@ -128,8 +136,8 @@ def test_three_workers_share_a_postgresql_study_and_an_mlflow_server(
         assert "Traceback" not in stderr.decode()
 
     params = Params.model_validate(yaml.safe_load((root / "params.yaml").read_text()))
-    subset = subset_data(tiny_data(), params.tune.subset, params.seed)
-    trials = load(servers.optuna_url, params, subset).get_trials(deepcopy=False)
+    subset = subset_data(tiny_colour_data(), params.tune.subset, params.seed)
+    trials = load_tuning_study(servers.optuna_url, params, subset).get_trials(deepcopy=False)
     finished = {trial.number for trial in trials if trial.state in FINISHED}
     # MaxTrialsCallback stops each worker after its trial ends: up to one extra per other worker.
     assert TRIALS <= len(finished) <= TRIALS + WORKERS - 1

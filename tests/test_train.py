@@ -14,23 +14,11 @@ import pytest
 from pipeline import training
 from pipeline.errors import PipelineError
 from pipeline.history import HISTORY_FIELDS, read_history, write_history
-from pipeline.params import SpeedParams, TrainParams
+from pipeline.params import SpeedParams
 from pipeline.train import final_metrics
-from pipeline.training import TrainingData, configure_threads, train_model
-from tests.conftest import small_train
-
-
-def tiny_data(seed: int = 0, n: int = 64) -> TrainingData:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    images = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
-    images[:, :4, :4, 0] += labels[:, None, None] / 3  # a learnable signal
-    return TrainingData(images, labels.astype(np.uint8), images[:20], labels[:20].astype(np.uint8))
-
-
-def settings(**changes: object) -> TrainParams:
-    """The small training settings at batch 16: 4 steps per epoch of tiny_data."""
-    return small_train(**{"batch_size": 16, **changes})
+from pipeline.training import configure_threads, train_model
+from tests.conftest import tiny_signal_data as tiny_data
+from tests.conftest import tiny_train_settings as settings
 
 
 def test_history_has_every_field_per_epoch(tmp_path) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pytest
 import yaml
@@ -36,71 +35,18 @@ from pipeline.tuning.storage import (
 )
 from pipeline.tuning.summary import StudySummary
 from pipeline.tuning.worker import no_learning_advice, run_study
-from tests.conftest import dvc, make_project, project_environment, small_values
+from tests.conftest import TUNING_VARIANT as VARIANT
+from tests.conftest import dvc, make_project, project_environment
+from tests.conftest import load_tuning_study as load
+from tests.conftest import tiny_colour_data as tiny_data
+from tests.conftest import tiny_tuning_params as tiny_params
+from tests.conftest import tiny_tuning_values as tiny_values
+from tests.conftest import tuning_study_spec as study_spec
+from tests.conftest import write_tuning_project as write_project
 
-VARIANT = "plain"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 FAST = Heartbeat(interval_seconds=1, grace_seconds=60)
 OPTUNA_CLI = Path(sys.executable).parent / "optuna"
-
-
-def tiny_data(n_train: int = 40, n_val: int = 20) -> TrainingData:
-    """Noisy images with one colour per class: learnable in a couple of epochs."""
-    palette = np.random.default_rng(1234).normal(size=(10, 3)) * 1.5
-
-    def images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(n) % 10
-        noise = 0.5 * np.random.default_rng(seed).normal(size=(n, 32, 32, 3))
-        x = (palette[labels][:, None, None, :] + noise).astype(np.float32)
-        return x, labels.astype(np.uint8)
-
-    return TrainingData(*images(n_train, 0), *images(n_val, 1))
-
-
-def tiny_values(**tune: Any) -> dict[str, Any]:
-    """The small params (2 epochs, batch 8) for a few-second trial of 32 images."""
-    return small_values(
-        seed=3,
-        train={"augmentation": {"shear_degrees": 0.0, "zoom": 0.0, "horizontal_flip": False}},
-        # relu + Adam learns the colours in two epochs of 4 steps (sigmoid, or BatchNormalization
-        # with its moving statistics barely updated, stays at chance there): studies rank rates.
-        variants={VARIANT: {"batch_norm": False, "activation": "relu", "optimizer": "adam"}},
-        # No pruner unless a test sets one: three trials then complete, whatever their rates.
-        # Nor a first trial at train.learning_rate unless a test asks: trials are the ones
-        # a test enqueues or the sampler draws.
-        tune={
-            "n_trials": 3,
-            "subset": 32,
-            "lr_low": 1e-4,
-            "lr_high": 1e-1,
-            "try_default_first": False,
-            "pruner": {"kind": "none"},
-            **tune,
-        },
-    )
-
-
-def tiny_params(**tune: Any) -> Params:
-    return Params.model_validate(tiny_values(**tune))
-
-
-def write_project(root: Path, **tune: Any) -> Path:
-    """A folder with params.yaml and a prepared dataset, as `normalize` leaves it."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_values(**tune), sort_keys=False))
-    data = tiny_data()
-    (root / "data/prepared").mkdir(parents=True, exist_ok=True)
-    np.savez(
-        root / "data/prepared/cifar10.npz",
-        x_train=data.x_train,
-        y_train=data.y_train,
-        x_val=data.x_val,
-        y_val=data.y_val,
-        x_test=data.x_val,
-        y_test=data.y_val,
-        class_names=np.array([f"class{index}" for index in range(10)]),
-    )
-    return root
 
 
 @pytest.fixture
@@ -109,23 +55,6 @@ def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     return tmp_path
-
-
-def study_spec(params: Params, data: TrainingData) -> StudySpec:
-    """The spec of the test variant's study on `data`."""
-    return StudySpec(
-        VARIANT,
-        params.variant(VARIANT),
-        params.tune,
-        params.seed,
-        data_digest(data),
-    )
-
-
-def load(storage: str, params: Params, data: TrainingData) -> optuna.Study:
-    """The study `run_study` works on, read back through Optuna's API."""
-    name = study_spec(params, data).name
-    return optuna.load_study(study_name=name, storage=open_storage(storage))
 
 
 def states(study: optuna.Study) -> list[TrialState]:
