@@ -6,6 +6,7 @@ import copy
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +54,13 @@ def project_environment(
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     env.update(extra or {})
     return env
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on now (the OS picked it, then let it go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def stores_at(root: Path) -> Stores:

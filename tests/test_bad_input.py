@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, Server, project_environment
+from tests.conftest import PROJECT_ROOT, Server, free_port, project_environment
 from tests.sources import class_folder_files, write_binary_release, write_class_folder, write_tar
 
 SOURCE = "cifar10-small.tar.gz"
@@ -164,20 +163,14 @@ def broken_yaml(folder: Path) -> None:
     (folder / "params.yaml").write_text("train:\n  epochs: [3\n")
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def unusable_storage(folder: Path) -> None:
     """Tuning on, into a PostgreSQL server that is not there."""
     setting("tune.n_trials", 1)(folder)
-    setting("tune.storage", f"postgresql://optuna@127.0.0.1:{closed_port()}/x")(folder)
+    setting("tune.storage", f"postgresql://optuna@127.0.0.1:{free_port()}/x")(folder)
 
 
 def unreachable_server() -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pipeline.tuning.data import subset_data
 from tests.conftest import (
     PROJECT_ROOT,
     TUNING_VARIANT,
+    free_port,
     load_tuning_study,
     make_project,
     project_environment,
@@ -45,12 +45,6 @@ class Servers:
 
     optuna_url: str
     mlflow_url: str
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_health(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
