@@ -33,6 +33,10 @@ from pipeline.params import Params
 
 log = logging.getLogger(__name__)
 
+# One worker per core, each with one thread: on 2 cores, 1.31x the throughput of one worker
+# with both (docs/grids.md, measured side by side).
+DEFAULT_WORKERS_DOC = "one per core, one thread each"
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m pipeline.grid {declare,work,status}`."""
@@ -118,11 +122,6 @@ def parser() -> argparse.ArgumentParser:
         )
         add_common_arguments(command)
     return top
-
-
-# One worker per core, each with one thread: on 2 cores, 1.4x the throughput of one worker
-# with both (docs/grids.md, measured side by side).
-DEFAULT_WORKERS_DOC = "one per core, one thread each"
 
 
 def _seeds(text: str) -> list[int]:

@@ -41,8 +41,9 @@ def cell_run_params(
     """The cell's params with its own file layout: the workspace's fetched data, prepared
     data shared by the cells of one data setting, everything else under `scratch`."""
     values = cell_values(base, cell)
-    paths = Params.model_validate(values).paths
-    prepared = root / GRID_CACHE / "data" / data_setting_key(Params.model_validate(values))
+    declared = Params.model_validate(values)
+    paths = declared.paths
+    prepared = root / GRID_CACHE / "data" / data_setting_key(declared)
     values["paths"] = {
         **paths.model_dump(mode="json"),
         "raw_dataset": str(root / paths.raw_dataset),
