@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -127,7 +128,9 @@ class GridWorker:
     def fail_stale_cells(self) -> None:
         """Fail the cells whose worker stopped beating, and enqueue them again."""
         if has_own_heartbeat(self.storage):
-            optuna.storages.fail_stale_trials(self.study)
+            with warnings.catch_warnings():  # Optuna marks it experimental, and says so per call
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
         else:
             fail_stale_journal_trials(self.study, self.storage, self.heartbeat)
 
