@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +39,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it over `target` only on success."""
     with atomic_paths(target) as (temporary,):
         yield temporary
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: Path) -> Iterator[None]:
+    """One process of this machine at a time in the block: an exclusive lock on the file
+    `lock`, which the others wait for (the operating system drops it if the holder dies)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _temporary_beside(target: Path) -> Path:

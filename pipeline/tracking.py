@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -21,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import names
 from pipeline.errors import PipelineError
-from pipeline.files import array_digest
+from pipeline.files import array_digest, exclusive_lock
 from pipeline.layout import Stores
 from pipeline.params import Params, TrainParams
 
@@ -101,10 +100,7 @@ def _store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+    with exclusive_lock(Path(uri.removeprefix("sqlite:///") + ".lock")):
         yield
 
 

@@ -9,15 +9,13 @@ tagged as a DVC-run training is, plus the grid and the cell.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import names
+from pipeline.files import exclusive_lock
 from pipeline.grids.cells import Cell, cell_values, data_setting_key, set_dotted
 from pipeline.layout import Stores, variant_files
 from pipeline.params import Params
@@ -78,7 +76,8 @@ def run_cell(
         {names.GRID_TAG: grid, names.GRID_CELL_TAG: str(cell.number)},
     )
     try:
-        with _exclusive(params.paths.prepared_dataset.parent / ".lock"):
+        # One worker of this machine prepares a data setting; the others wait for it.
+        with exclusive_lock(params.paths.prepared_dataset.parent / ".lock"):
             if not (
                 params.paths.prepared_dataset.is_file()
                 and params.paths.normalization_stats.is_file()
@@ -91,12 +90,3 @@ def run_cell(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return CellResult(metrics.test_accuracy, link.run_id)
-
-
-@contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    """One worker of this machine at a time prepares a data setting; the others wait for it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
