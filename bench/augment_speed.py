@@ -21,9 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.augment import RandomAffine
-from pipeline.params import AugmentationParams
-from pipeline.training import device_description, without_autotune
+from pipeline.config.params import AugmentationParams
+from pipeline.training.augment import RandomAffine
+from pipeline.training.inputs import without_autotune
+from pipeline.training.runtime import device_description
 
 BATCH = 32
 

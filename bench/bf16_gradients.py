@@ -23,10 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.datasets import read_source
-from pipeline.model import build_model
-from pipeline.params import ModelSettings, SpeedParams
-from pipeline.probes import fixed_batch
+from pipeline.cifar10.decode import read_source
+from pipeline.config.params import VariantSettings, SpeedParams
+from pipeline.evidence.probes import fixed_batch
+from pipeline.training.model import build_model
 
 PRECISIONS = {
     "float32": SpeedParams(),
@@ -46,7 +46,7 @@ def load_export(uri: str) -> keras.Model:
 
 def twin(core: keras.Model, speed: SpeedParams) -> keras.Model:
     """The core's architecture in another precision, with the core's weights."""
-    settings = ModelSettings(batch_norm=any("_bn" in layer.name for layer in core.layers))
+    settings = VariantSettings(batch_norm=any("_bn" in layer.name for layer in core.layers))
     model = build_model(settings, speed=speed)
     model.set_weights(core.get_weights())
     return model

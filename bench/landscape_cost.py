@@ -17,9 +17,10 @@ import time
 
 import numpy as np
 
-from pipeline.landscape import LandscapeProbe
-from pipeline.params import LandscapeParams, TrainParams
-from pipeline.training import compiled_model, device_description, seed_everything
+from pipeline.config.params import LandscapeParams, TrainParams
+from pipeline.evidence.landscape import LandscapeProbe
+from pipeline.training.fit import compiled_model
+from pipeline.training.runtime import device_description, seed_everything
 
 BATCH = 32
 PROBE_IMAGES = 256

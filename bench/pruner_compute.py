@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from pipeline.params import TuneParams
+from pipeline.config.params import TuneParams
 from pipeline.tuning.spec import make_pruner
 
 PRUNERS = ("successive_halving", "hyperband", "median", "none")

@@ -32,15 +32,12 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from pipeline.mlflow_callbacks import MlflowEpochMetrics
-from pipeline.model import build_model
-from pipeline.params import SpeedParams, TrainParams
-from pipeline.training import (
-    TrainingData,
-    compiled_model,
-    make_datasets,
-    probe_callback,
-)
+from pipeline.config.params import SpeedParams, TrainParams
+from pipeline.evidence.probes import probe_callback
+from pipeline.tracking.keras_callbacks import MlflowEpochMetrics
+from pipeline.training.fit import compiled_model
+from pipeline.training.inputs import TrainingData, make_datasets
+from pipeline.training.model import build_model
 
 # Multiply-accumulates of one forward pass of the article's CNN on a 32×32×3 image:
 # four 3×3 convolutions (32, 32, 64, 64 filters; two at 32×32, two at 16×16) and two dense.

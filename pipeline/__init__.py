@@ -1,5 +1,9 @@
-"""The stages of the batch-normalization experiment (`python -m pipeline.<stage>`) and the
-modules they share."""
+"""The batch-normalization experiment.
+
+Entry points sit at the top: the DVC stages (`python -m pipeline.<stage>`) and the `ablation`
+and `grid` commands. The library sits in folders named after their roles: cifar10, config,
+training, evidence, tracking, records, tuning, grids, analysis and common.
+"""
 
 import os
 

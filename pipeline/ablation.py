@@ -33,7 +33,6 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipeline import tracking
 from pipeline.analysis.cost import cost_json, cost_markdown, cost_rows, uncosted_runs
 from pipeline.analysis.figures import landscape_figure, update_ratio_figure
 from pipeline.analysis.mlflow_runs import failed_training_runs, training_runs
@@ -54,11 +53,12 @@ from pipeline.analysis.sweep import (
     sweep_points,
     sweep_table,
 )
-from pipeline.cli import add_common_arguments, run_stage
-from pipeline.errors import PipelineError
-from pipeline.files import write_json, write_text
-from pipeline.params import Params
-from pipeline.png import save
+from pipeline.common.cli import add_common_arguments, run_stage
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import write_json, write_text
+from pipeline.config.params import Params
+from pipeline.records.figures import save
+from pipeline.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,12 @@ def load_runs(
 ) -> tuple[list[RunResult], dict[tuple[str, str], int]]:
     """The finished training runs in the MLflow store, then those of the added records; and
     the failed training runs per (DVC experiment, variant) in the store."""
-    tracking.check_server()
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    store.check_server()
+    client = MlflowClient(tracking_uri=store.tracking_uri())
     experiment = client.get_experiment_by_name(params.mlflow.experiment)
     if experiment is None:
         raise PipelineError(
-            f"the MLflow store {tracking.tracking_uri()} has no experiment "
+            f"the MLflow store {store.tracking_uri()} has no experiment "
             f"{params.mlflow.experiment!r}: run `dvc repro` or `dvc exp run` first"
         )
     runs = with_added_runs(

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline import tracking
 from pipeline.analysis import comparison
 from pipeline.analysis.figures import (
     curves_figure,
@@ -21,11 +20,12 @@ from pipeline.analysis.report import write_report
 from pipeline.analysis.smoothness import landscape_series, smoothness, smoothness_tables
 from pipeline.analysis.summary import Summary, summarize
 from pipeline.analysis.workspace import WorkspaceRun, workspace_runs
-from pipeline.cli import run_stage, stage_parser
-from pipeline.files import write_csv, write_json, write_text
-from pipeline.layout import Stores
-from pipeline.params import Params, PathsParams
-from pipeline.png import save
+from pipeline.common.cli import run_stage, stage_parser
+from pipeline.common.files import write_csv, write_json, write_text
+from pipeline.config.layout import Stores
+from pipeline.config.params import Params, PathsParams
+from pipeline.records.figures import save
+from pipeline.tracking import store
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def comparison_files(paths: PathsParams) -> dict[str, Path]:
 
 def run(params: Params, stores: Stores) -> Summary:
     """Summarize the workspace's runs, write every comparison file and log them to MLflow."""
-    experiment_id = tracking.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast
+    experiment_id = store.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast
     runs = workspace_runs(params)
     variants = list(params.variants)
     summary = summarize(
@@ -112,10 +112,10 @@ def log_to_mlflow(
     experiment_id: str, runs: list[WorkspaceRun], summary: Summary, artifacts: list[Path]
 ) -> None:
     """The `compare` run: the comparison's numbers, linked to each training run, its files."""
-    tags = {**tracking.source_tags(), **{f"run.{run.name}": run.link.run_id for run in runs}}
+    tags = {**store.source_tags(), **{f"run.{run.name}": run.link.run_id for run in runs}}
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags=tags),
-        tracking.killed_on_interrupt(),
+        store.killed_on_interrupt(),
     ):
         # Sections of their own in MLflow's chart view, which groups on the prefix before the
         # last "/". Each run's own numbers are in its run; these are the comparison's.

@@ -11,15 +11,15 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 
-from pipeline import names, tracking
-from pipeline.cli import run_seed_stage
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, read_npz
-from pipeline.layout import Stores, VariantFiles, run_name, variant_files
-from pipeline.params import Params
-from pipeline.png import save
+from pipeline.common.cli import run_seed_stage
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import atomic_path, read_npz
+from pipeline.config.layout import Stores, VariantFiles, run_name, variant_files
+from pipeline.config.params import Params
 from pipeline.records import read_record, write_record
+from pipeline.records.figures import save
 from pipeline.records.runs import RunLink, TestMetrics
+from pipeline.tracking import names, store
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
     name = run_name(variant, seed)
     files = variant_files(params.paths, variant, seed)
     link = read_record(files.run, RunLink)
-    tracking.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast, before writing
+    store.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast, before writing
     raw = read_npz(params.paths.raw_dataset, ("x_test", "y_test", "class_names"))
     class_names = [str(name) for name in raw["class_names"]]
     if not files.model.is_file():
@@ -104,9 +104,9 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
         confusion_figure(matrix, class_names, f"{name}: test confusion matrix"),
         files.confusion_png,
     )
-    with tracking.resumed_run(link.run_id):
+    with store.resumed_run(link.run_id):
         # The raw images: the exported model normalizes them itself.
-        tracking.log_dataset(
+        store.log_dataset(
             raw["x_test"], raw["y_test"], "test", str(params.paths.raw_dataset), "evaluation"
         )
         mlflow.log_metrics(

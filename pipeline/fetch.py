@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli
-from pipeline.chance import NUM_CLASSES
-from pipeline.datasets import CIFAR10_CLASSES, DecodedDataset, container_kind, read_source
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, write_npz_and_json
-from pipeline.layout import Stores, project_root
-from pipeline.params import DataParams, Params
+from pipeline.cifar10.archives import container_kind
+from pipeline.cifar10.chance import NUM_CLASSES
+from pipeline.cifar10.decode import CIFAR10_CLASSES, DecodedDataset, read_source
+from pipeline.cifar10.sampling import stratified_sample
+from pipeline.common import cli
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import atomic_path, write_npz_and_json
+from pipeline.config.layout import Stores, project_root
+from pipeline.config.params import DataParams, Params
 from pipeline.records.data import Provenance
-from pipeline.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
 

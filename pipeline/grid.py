@@ -25,11 +25,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cli import add_common_arguments, run_stage
-from pipeline.devices import nvidia_gpus
-from pipeline.errors import PipelineError
-from pipeline.layout import Stores
-from pipeline.params import Params
+from pipeline.common.cli import add_common_arguments, run_stage
+from pipeline.common.errors import PipelineError
+from pipeline.config.layout import Stores
+from pipeline.config.params import Params
+from pipeline.training.devices import nvidia_gpus
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import logging
 
 import numpy as np
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.errors import PipelineError
-from pipeline.files import read_npz, write_npz_and_json
-from pipeline.layout import RAW_KEYS
-from pipeline.params import NormalizeParams, Params
+from pipeline.cifar10.sampling import stratified_sample
+from pipeline.common.cli import run_stage, stage_parser
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import read_npz, write_npz_and_json
+from pipeline.config.layout import RAW_KEYS
+from pipeline.config.params import NormalizeParams, Params
 from pipeline.records.data import NormalizationStats
-from pipeline.sampling import stratified_sample
 
 log = logging.getLogger(__name__)
 

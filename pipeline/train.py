@@ -18,32 +18,29 @@ import tensorflow as tf
 from matplotlib.ticker import MaxNLocator
 from mlflow.models import infer_signature
 
-from pipeline import names, tracking
-from pipeline.cli import run_seed_stage
-from pipeline.devices import claim_gpu
-from pipeline.files import atomic_path, read_json, read_npz, write_json
-from pipeline.history import History, write_history
-from pipeline.layout import PREPARED_KEYS, Stores, run_name, variant_files
-from pipeline.mlflow_callbacks import (
+from pipeline.common.cli import run_seed_stage
+from pipeline.common.files import atomic_path, read_json, read_npz, write_json
+from pipeline.config.layout import PREPARED_KEYS, Stores, run_name, variant_files
+from pipeline.config.params import Params, TrainParams
+from pipeline.evidence.landscape import landscape_callback
+from pipeline.evidence.probes import probe_callback
+from pipeline.records import read_record, write_record
+from pipeline.records.data import NormalizationStats, Provenance
+from pipeline.records.figures import save
+from pipeline.records.history import History, write_history
+from pipeline.records.layers import write_landscape, write_preactivations, write_probes
+from pipeline.records.runs import RunLink, TrainMetrics, TunedRate
+from pipeline.tracking import names, store
+from pipeline.tracking.keras_callbacks import (
     MlflowEpochMetrics,
     MlflowLandscapeMetrics,
     MlflowProbeMetrics,
 )
-from pipeline.model import export_model
-from pipeline.params import Params, TrainParams
-from pipeline.png import save
-from pipeline.probe_files import write_landscape, write_preactivations, write_probes
-from pipeline.records import read_record, write_record
-from pipeline.records.data import NormalizationStats, Provenance
-from pipeline.records.runs import RunLink, TrainMetrics, TunedRate
-from pipeline.training import (
-    TrainingResult,
-    device_description,
-    landscape_callback,
-    probe_callback,
-    train_model,
-    training_data,
-)
+from pipeline.training.devices import claim_gpu
+from pipeline.training.fit import TrainingResult, train_model
+from pipeline.training.inputs import training_data
+from pipeline.training.model import export_model
+from pipeline.training.runtime import device_description
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +78,15 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics
     files = variant_files(params.paths, variant, seed)
     tuned = read_record(files.tuned, TunedRate)
     settings = params.variant(variant).with_learning_rate(tuned.learning_rate)
-    experiment_id = tracking.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast
+    experiment_id = store.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast
     stats = read_record(params.paths.normalization_stats, NormalizationStats)
     provenance = read_record(params.paths.provenance, Provenance)
     data = training_data(read_npz(params.paths.prepared_dataset, PREPARED_KEYS), settings)
     raw_example = read_npz(params.paths.raw_dataset, ("x_train",))["x_train"][:2]
 
-    flat = tracking.flat_params(params, variant, seed, settings)
+    flat = store.flat_params(params, variant, seed, settings)
     tags = {
-        **tracking.run_tags(variant, provenance.sha256, seed),
+        **store.run_tags(variant, provenance.sha256, seed),
         names.DEVICE_TAG: device_description(),
         **stores.run_tags,
     }
@@ -103,16 +100,16 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics
         mlflow.start_run(
             run_id=resumed_run_id, experiment_id=experiment_id, run_name=name, tags=tags
         ) as active,
-        tracking.killed_on_interrupt(),
+        store.killed_on_interrupt(),
     ):
         run_id = active.info.run_id
         if checkpoints is not None:
             write_json(checkpoints / "mlflow_run.json", {"run_id": run_id})
         mlflow.log_params({**flat, names.LEARNING_RATE_SOURCE_PARAM: tuned.source})
         source = str(params.paths.prepared_dataset)
-        tracking.log_dataset(data.x_train, data.y_train, "train", source, "training")
+        store.log_dataset(data.x_train, data.y_train, "train", source, "training")
         validated_on = "test" if settings.validation_data == "test" else "validation"
-        tracking.log_dataset(data.x_val, data.y_val, validated_on, source, "validation")
+        store.log_dataset(data.x_val, data.y_val, validated_on, source, "validation")
         log.info(
             "training %s on %s (MLflow run %s); settings: %s",
             name,
@@ -130,10 +127,10 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics
             data,
             settings,
             seed,
-            [MlflowEpochMetrics(client, run_id)],
-            checkpoints,
-            probes,
-            landscape,
+            callbacks=[MlflowEpochMetrics(client, run_id)],
+            checkpoints=checkpoints,
+            probes=probes,
+            landscape=landscape,
         )
         exported = export_model(result.model, stats)
         with atomic_path(files.model) as temporary:
@@ -176,10 +173,10 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics
 
 def changed_settings(settings: TrainParams) -> str:
     """The settings that differ from the project's defaults, as `key=value` (dotted keys)."""
-    defaults = tracking.flatten("train", TrainParams().model_dump())
+    defaults = store.flatten("train", TrainParams().model_dump())
     changed = [
         f"{key.removeprefix('train.')}={value}"
-        for key, value in tracking.flatten("train", settings.model_dump()).items()
+        for key, value in store.flatten("train", settings.model_dump()).items()
         if defaults.get(key) != value
     ]
     return ", ".join(changed) or "the defaults"

@@ -16,13 +16,13 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from pipeline.cli import add_common_arguments, run_stage
-from pipeline.devices import claim_gpu
-from pipeline.errors import PipelineError
-from pipeline.layout import Stores, tuned_file
-from pipeline.params import Params
+from pipeline.common.cli import add_common_arguments, run_stage
+from pipeline.common.errors import PipelineError
+from pipeline.config.layout import Stores, tuned_file
+from pipeline.config.params import Params
 from pipeline.records import write_record
 from pipeline.records.runs import TunedRate
+from pipeline.training.devices import claim_gpu
 
 if TYPE_CHECKING:
     from pipeline.tuning.summary import StudySummary
@@ -104,12 +104,12 @@ def _tune(
     """Run the variant's study; TensorFlow and Optuna are imported only here."""
     import optuna
 
-    from pipeline import tracking
+    from pipeline.tracking import store
     from pipeline.tuning.data import load_tuning_data
     from pipeline.tuning.storage import storage_url
     from pipeline.tuning.worker import run_study
 
-    tracking.check_server(stores.tracking_uri)  # before the storage is created or data loaded
+    store.check_server(stores.tracking_uri)  # before the storage is created or data loaded
     # Optuna's messages go through the stage's logging set-up, like every other message.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()

@@ -23,8 +23,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from pipeline.layout import Stores
-from pipeline.params import Params, TrainParams
+from pipeline.config.layout import Stores
+from pipeline.config.params import Params, TrainParams
 from pipeline.tuning.spec import StudySpec
 from pipeline.tuning.storage import open_storage
 from tests.sources import write_class_folder
@@ -32,7 +32,7 @@ from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
 from tools.plots_template import use_template
 
 if TYPE_CHECKING:  # TensorFlow is imported by the tests that train, not by every test
-    from pipeline.training import TrainingData
+    from pipeline.training.inputs import TrainingData
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "tools", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore")
@@ -249,7 +249,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
 
 def tiny_signal_data(seed: int = 0, n: int = 64) -> TrainingData:
     """Noise with a learnable corner per class: 64 training and 20 validation images."""
-    from pipeline.training import TrainingData
+    from pipeline.training.inputs import TrainingData
 
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 10
@@ -268,7 +268,7 @@ TUNING_VARIANT = "plain"  # the variant of the tuning tests: relu + Adam, which 
 
 def tiny_colour_data(n_train: int = 40, n_val: int = 20) -> TrainingData:
     """Noisy images with one colour per class: learnable in a couple of epochs."""
-    from pipeline.training import TrainingData
+    from pipeline.training.inputs import TrainingData
 
     palette = np.random.default_rng(1234).normal(size=(10, 3)) * 1.5
 

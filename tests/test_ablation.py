@@ -17,9 +17,9 @@ from pipeline.analysis.grouping import group_runs
 from pipeline.analysis.runs import RunResult, comparable_params, with_added_runs
 from pipeline.analysis.summary import summarize
 from pipeline.analysis.sweep import left_chance_tests, sweep_figure, sweep_points, sweep_table
-from pipeline.errors import PipelineError
-from pipeline.files import write_json
-from pipeline.png import save
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import write_json
+from pipeline.records.figures import save
 
 
 def run(seed: int, **params: str) -> RunResult:

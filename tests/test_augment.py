@@ -7,8 +7,8 @@ import pytest
 from keras.src.legacy.preprocessing.image import ImageDataGenerator
 from scipy import ndimage
 
-from pipeline.augment import RandomAffine, affine_transforms, is_identity, warp
-from pipeline.params import AugmentationParams
+from pipeline.config.params import AugmentationParams
+from pipeline.training.augment import RandomAffine, affine_transforms, is_identity, warp
 
 # ImageDataGenerator's transform parameters: shear in degrees, zx/zy zoom, tx/ty shifts in
 # pixels (its tx moves along x, the columns), flip.

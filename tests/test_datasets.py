@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets import container_kind, read_source
-from pipeline.errors import PipelineError
+from pipeline.cifar10.archives import container_kind
+from pipeline.cifar10.decode import read_source
+from pipeline.common.errors import PipelineError
 from tests.sources import (
     CIFAR10_CLASSES,
     class_folder_files,

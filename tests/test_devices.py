@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devices import VISIBLE, claim_gpu, nvidia_gpus
+from pipeline.training.devices import VISIBLE, claim_gpu, nvidia_gpus
 
 
 def hold_a_gpu(root: Path, report: Path, seconds: float) -> None:

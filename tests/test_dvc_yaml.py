@@ -1,4 +1,5 @@
-"""dvc.yaml declares exactly the files pipeline/layout.py says each variant's stages write."""
+"""dvc.yaml declares exactly the files pipeline/config/layout.py says each variant's stages
+write."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.layout import variant_files
-from pipeline.params import load_params
+from pipeline.config.layout import variant_files
+from pipeline.config.params import load_params
 from tools.stage_deps import code_closure, declared_code_deps, stage_modules, with_code_deps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,13 +90,16 @@ def test_the_closure_follows_imports_inside_functions_and_skips_type_checking() 
     tune = code_closure("pipeline.tune")
     assert "pipeline/tuning/worker.py" in tune  # imported inside _tune()
     assert "pipeline/tuning/__init__.py" in tune  # run before any of its modules
-    assert "pipeline/training.py" in tune  # through the objective
+    assert "pipeline/training/fit.py" in tune  # through the objective
     # The training stage's own logging is not the tuner's: changing it keeps tune up to date.
-    assert not {"pipeline/train.py", "pipeline/mlflow_callbacks.py"} & code_closure(
-        "pipeline.training"
+    assert not {"pipeline/train.py", "pipeline/tracking/keras_callbacks.py"} & code_closure(
+        "pipeline.training.fit"
     )
     assert "pipeline/train.py" not in tune
-    assert code_closure("pipeline.fetch") >= {"pipeline/sampling.py", "pipeline/errors.py"}
+    assert code_closure("pipeline.fetch") >= {
+        "pipeline/cifar10/sampling.py",
+        "pipeline/common/errors.py",
+    }
 
 
 def test_analysis_is_outside_what_the_data_training_and_tuning_stages_import() -> None:
@@ -110,5 +114,9 @@ def test_analysis_is_outside_what_the_data_training_and_tuning_stages_import() -
         assert "pipeline/evaluate.py" not in code_closure(f"pipeline.{stage}")
     # The data stages load neither TensorFlow's side of the project nor MLflow's.
     for stage in ("fetch", "normalize"):
-        heavy = {"pipeline/training.py", "pipeline/tracking.py", "pipeline/probes.py"}
+        heavy = {
+            "pipeline/training/fit.py",
+            "pipeline/tracking/store.py",
+            "pipeline/evidence/probes.py",
+        }
         assert not code_closure(f"pipeline.{stage}") & heavy

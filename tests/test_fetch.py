@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.datasets import DecodedDataset
-from pipeline.errors import PipelineError
+from pipeline.cifar10.decode import DecodedDataset
+from pipeline.common.errors import PipelineError
+from pipeline.config.params import DataParams
 from pipeline.fetch import fetch_dataset, subset_dataset
-from pipeline.params import DataParams
 from pipeline.records.data import Provenance
 from tests.conftest import Server
 from tests.sources import CIFAR10_CLASSES, write_binary_release, write_class_folder

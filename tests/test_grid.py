@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from pipeline import grid
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.grids.cells import Cell, cell_params, cross, parse_factor
 from pipeline.grids.progress import cell_rows, counts
 from pipeline.grids.study import open_grid
@@ -117,10 +117,10 @@ def test_declare_enqueues_every_cell_with_its_commit_and_data(fetched: Path) -> 
 def test_a_worker_refuses_other_code_or_other_data(fetched: Path) -> None:
     grid_command(fetched, "declare", "lineage", "--factor", "train.epochs=1", "--seeds", "1")
     declared = run_command(["git", "rev-parse", "HEAD"], fetched).stdout.strip()
-    model = fetched / "pipeline" / "model.py"
+    model = fetched / "pipeline" / "training" / "model.py"
     model.write_text(model.read_text() + "\n# changed\n")
     uncommitted = grid_command(fetched, "work", "lineage", check=False)
-    assert "error: pipeline/ has uncommitted changes (pipeline/model.py)" in uncommitted
+    assert "error: pipeline/ has uncommitted changes (pipeline/training/model.py)" in uncommitted
     run_command(["git", "commit", "-qam", "other code"], fetched)
     other_code = grid_command(fetched, "work", "lineage", check=False)
     assert (

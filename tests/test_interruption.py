@@ -15,9 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import names, tracking
-from pipeline.errors import PipelineError
-from pipeline.files import write_json
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import write_json
+from pipeline.tracking import names
+from pipeline.tracking import store as tracking
 from tests.conftest import project_environment, small_values
 from tests.sources import write_class_folder
 

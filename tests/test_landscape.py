@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from pipeline.training import landscape_callback, train_model
+from pipeline.evidence.landscape import landscape_callback
+from pipeline.training.fit import train_model
 from tests.conftest import small_train
 from tests.conftest import tiny_signal_data as tiny_data
 

@@ -11,23 +11,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.augment import RandomAffine
-from pipeline.model import (
+from pipeline.config.params import (
+    AugmentationParams,
+    NormalizeParams,
+    SpeedParams,
+    TrainParams,
+    VariantSettings,
+)
+from pipeline.normalize import apply_normalization, compute_stats
+from pipeline.records.data import NormalizationStats
+from pipeline.training.augment import RandomAffine
+from pipeline.training.fit import compiled_model
+from pipeline.training.model import (
     FusedBatchNormalization,
     build_model,
     export_model,
     with_stock_layers,
 )
-from pipeline.normalize import apply_normalization, compute_stats
-from pipeline.params import (
-    AugmentationParams,
-    ModelSettings,
-    NormalizeParams,
-    SpeedParams,
-    TrainParams,
-)
-from pipeline.records.data import NormalizationStats
-from pipeline.training import compiled_model
 
 
 def article_model(batch_norm: bool) -> keras.Model:
@@ -62,7 +62,7 @@ def weighted_layer_types(model: keras.Model) -> list[str]:
 
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_same_structure_parameters_and_function_as_the_article(batch_norm: bool) -> None:
-    ours = build_model(ModelSettings(batch_norm=batch_norm))
+    ours = build_model(VariantSettings(batch_norm=batch_norm))
     theirs = article_model(batch_norm)
     assert ours.count_params() == theirs.count_params() == (592042 if batch_norm else 591274)
     assert weighted_layer_types(with_stock_layers(ours)) == weighted_layer_types(theirs)
@@ -100,8 +100,8 @@ def test_fused_batch_norm_trains_like_keras_batch_norm() -> None:
 
 
 def test_models_train_with_fused_batch_norm_and_export_stock_layers() -> None:
-    fused = build_model(ModelSettings(batch_norm=True))
-    stock = build_model(ModelSettings(batch_norm=True), speed=SpeedParams(fused_batch_norm=False))
+    fused = build_model(VariantSettings(batch_norm=True))
+    stock = build_model(VariantSettings(batch_norm=True), speed=SpeedParams(fused_batch_norm=False))
     assert isinstance(fused.get_layer("conv1_bn"), FusedBatchNormalization)
     assert not isinstance(stock.get_layer("conv1_bn"), FusedBatchNormalization)
     stats = NormalizationStats(method="scale", scale=1 / 255)
@@ -113,10 +113,10 @@ def test_models_train_with_fused_batch_norm_and_export_stock_layers() -> None:
 
 
 def test_bn_position_before_activation() -> None:
-    model = build_model(ModelSettings(batch_norm=True, bn_position="before_activation"))
+    model = build_model(VariantSettings(batch_norm=True, bn_position="before_activation"))
     names = [layer.name for layer in model.layers]
     assert names.index("conv1_bn") < names.index("conv1_act")
-    after = [layer.name for layer in build_model(ModelSettings(batch_norm=True)).layers]
+    after = [layer.name for layer in build_model(VariantSettings(batch_norm=True)).layers]
     assert after.index("conv1_act") < after.index("conv1_bn")
 
 
@@ -142,7 +142,7 @@ def test_export_on_raw_images_equals_core_on_normalized(method: str, tmp_path: P
     rng = np.random.default_rng(1)
     raw = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
     stats = compute_stats(raw, NormalizeParams.model_validate({"method": method}))
-    core = build_model(ModelSettings(batch_norm=True))
+    core = build_model(VariantSettings(batch_norm=True))
     initial = core.predict(apply_normalization(raw, stats), verbose=0)
     with_trained_statistics(core, rng)
     export_model(core, stats).save(tmp_path / "model.keras")

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.config.params import NormalizeParams
 from pipeline.normalize import apply_normalization, compute_stats, prepare, stratified_split
-from pipeline.params import NormalizeParams
 
 
 def raw_dataset(per_class: int = 40, seed: int = 0) -> dict[str, np.ndarray]:

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.optimizers import RMSpropEpsilonOutside, make_optimizer
-from pipeline.params import TrainParams
+from pipeline.config.params import TrainParams
+from pipeline.training.optimizers import RMSpropEpsilonOutside, make_optimizer
 
 LR, RHO, EPS = 1e-3, 0.9, 1e-7
 GRADIENTS = [np.array([1e-6, 0.5, -2.0], np.float32), np.array([3e-7, -0.1, 1.0], np.float32)]

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
-from pipeline.params import Params, load_params, same_result_keys
+from pipeline.common.errors import PipelineError
+from pipeline.config.params import Params, load_params
+from pipeline.config.same_result import same_result_keys
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.layout import variant_files
-from pipeline.params import load_params
+from pipeline.config.layout import variant_files
+from pipeline.config.params import load_params
 from tests.conftest import (
     PROJECT_ROOT,
     dvc,

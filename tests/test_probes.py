@@ -8,16 +8,16 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.model import build_model
-from pipeline.params import TrainParams
-from pipeline.probe_files import (
+from pipeline.config.params import TrainParams
+from pipeline.evidence.probes import PREACTIVATION_FIELDS, LayerProbe, ProbeCallback, fixed_batch
+from pipeline.records.layers import (
     read_preactivations,
     read_probes,
     write_preactivations,
     write_probes,
 )
-from pipeline.probes import PREACTIVATION_FIELDS, LayerProbe, ProbeCallback, fixed_batch
-from pipeline.training import train_model
+from pipeline.training.fit import train_model
+from pipeline.training.model import build_model
 from tests.conftest import tiny_signal_data as tiny_data
 from tests.conftest import tiny_train_settings as settings
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from scipy import stats
 
-from pipeline.chance import at_chance
+from pipeline.cifar10.chance import at_chance
 from tests.conftest import (
     client_for,
     dvc,

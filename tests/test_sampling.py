@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.sampling import class_quotas, stratified_sample
+from pipeline.cifar10.sampling import class_quotas, stratified_sample
 
 
 def test_quotas_are_proportional_exact_and_capped() -> None:

@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline.params import Params
+from pipeline.config.params import Params
 from pipeline.tuning.data import subset_data
 from tests.conftest import (
     PROJECT_ROOT,

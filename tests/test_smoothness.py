@@ -22,7 +22,7 @@ from pipeline.analysis.smoothness import (
     smoothness_markdown,
 )
 from pipeline.analysis.summary import summarize
-from pipeline.png import save
+from pipeline.records.figures import save
 
 
 def probed(variant: str, seed: int, scale: float, steps: int = 3) -> RunResult:

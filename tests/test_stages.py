@@ -23,10 +23,10 @@ from dvc.repo import Repo
 from pipeline import compare, evaluate, fetch, normalize, train, tune
 from pipeline.analysis.mlflow_runs import training_runs
 from pipeline.analysis.summary import Summary
-from pipeline.errors import TrainingDiverged
-from pipeline.files import array_digest
-from pipeline.layout import variant_files
-from pipeline.params import Params
+from pipeline.common.errors import TrainingDiverged
+from pipeline.common.files import array_digest
+from pipeline.config.layout import variant_files
+from pipeline.config.params import Params
 from pipeline.records import read_record
 from pipeline.records.runs import TestMetrics, TrainMetrics, TunedRate
 from tests.conftest import PROJECT_ROOT, client_for, runs_by_name, small_params, stores_at

@@ -11,12 +11,13 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import training
-from pipeline.errors import PipelineError
-from pipeline.history import HISTORY_FIELDS, read_history, write_history
-from pipeline.params import SpeedParams
+from pipeline.common.errors import PipelineError
+from pipeline.config.params import SpeedParams
+from pipeline.records.history import HISTORY_FIELDS, read_history, write_history
 from pipeline.train import final_metrics
-from pipeline.training import configure_threads, train_model
+from pipeline.training import runtime
+from pipeline.training.fit import train_model
+from pipeline.training.runtime import configure_threads
 from tests.conftest import tiny_signal_data as tiny_data
 from tests.conftest import tiny_train_settings as settings
 
@@ -103,8 +104,8 @@ def test_speed_options_train_to_finite_metrics(speed: dict[str, Any]) -> None:
 def test_thread_settings_apply_before_tensorflow_starts() -> None:
     script = (
         "import tensorflow as tf\n"
-        "from pipeline.params import SpeedParams\n"
-        "from pipeline.training import configure_threads\n"
+        "from pipeline.config.params import SpeedParams\n"
+        "from pipeline.training.runtime import configure_threads\n"
         "configure_threads(SpeedParams(intra_op_threads=1, inter_op_threads=1))\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
         " tf.config.threading.get_inter_op_parallelism_threads())\n"
@@ -129,9 +130,9 @@ def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(
     flags: str, warned: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The CPU is the machine's; only its /proc/cpuinfo flags are stood in for.
-    monkeypatch.setattr(training, "_cpuinfo", lambda field: flags if field == "flags" else "")
-    training.warn_if_bfloat16_is_emulated(SpeedParams(precision="mixed_bfloat16"))
-    training.warn_if_bfloat16_is_emulated(SpeedParams(precision="float32"))
+    monkeypatch.setattr(runtime, "_cpuinfo", lambda field: flags if field == "flags" else "")
+    runtime.warn_if_bfloat16_is_emulated(SpeedParams(precision="mixed_bfloat16"))
+    runtime.warn_if_bfloat16_is_emulated(SpeedParams(precision="float32"))
     emulated = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
     assert len(emulated) == int(warned)
 
@@ -161,11 +162,11 @@ def test_an_op_without_a_deterministic_kernel_is_refused_with_the_choice() -> No
         None, None, "A deterministic GPU implementation of SomeOp is not currently available."
     )
     refused = pytest.raises(PipelineError, match=r"no deterministic kernel.*SomeOp.*false")
-    with refused, training.deterministic_kernels_required(True):
+    with refused, runtime.deterministic_kernels_required(True):
         raise missing
     # Without determinism asked for, TensorFlow's error passes as it is.
     with (
         pytest.raises(tf.errors.UnimplementedError),
-        training.deterministic_kernels_required(False),
+        runtime.deterministic_kernels_required(False),
     ):
         raise missing

@@ -17,11 +17,11 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import training
-from pipeline.errors import PipelineError
-from pipeline.files import read_json
-from pipeline.params import Params
-from pipeline.training import TrainingData
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import read_json
+from pipeline.config.params import Params
+from pipeline.training import runtime
+from pipeline.training.inputs import TrainingData
 from pipeline.tuning import objective as tuning_objective
 from pipeline.tuning.data import data_digest, subset_data
 from pipeline.tuning.objective import EpochPruning, Objective
@@ -229,7 +229,7 @@ def test_an_op_without_a_deterministic_kernel_stops_the_study_with_that_error(
     import tensorflow as tf
 
     def refused(*args: Any, **kwargs: Any) -> Any:
-        with training.deterministic_kernels_required(True):
+        with runtime.deterministic_kernels_required(True):
             raise tf.errors.UnimplementedError(
                 None, None, "A deterministic GPU implementation of SomeOp is not available."
             )

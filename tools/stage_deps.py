@@ -44,7 +44,7 @@ def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
             modules |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             modules.add(node.module)
-            # `from pipeline import tracking` imports the module pipeline.tracking.
+            # `from pipeline.tracking import store` imports the module pipeline.tracking.store.
             modules |= {f"{node.module}.{alias.name}" for alias in node.names}
     return {module for module in modules if (root / module_file(module, root)).is_file()}
 

@@ -15,8 +15,8 @@ import shlex
 
 from mlflow import MlflowClient
 
-from pipeline.layout import Stores
-from pipeline.params import load_params
+from pipeline.config.layout import Stores
+from pipeline.config.params import load_params
 from pipeline.tuning.storage import JOURNAL_PREFIX, describe_storage, storage_url
 
 HOST = "127.0.0.1"

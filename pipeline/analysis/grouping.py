@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline import names
 from pipeline.analysis.runs import RunResult
-from pipeline.errors import PipelineError
-from pipeline.params import same_result_keys
+from pipeline.common.errors import PipelineError
+from pipeline.config.same_result import same_result_keys
+from pipeline.tracking import names
 
 # Params that cannot change what a run learns (params.py marks them SAME_RESULT), that tell
 # its replicates apart, or that record where its rate came from: never a factor of a grid.

@@ -9,8 +9,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from pipeline import names
 from pipeline.analysis.runs import RunResult, comparable_params
+from pipeline.tracking import names
 
 # The per-layer probes each run's record keeps, so that a mechanism read off them rests on
 # committed records; the pre-activation mean, std and histograms stay in MLflow.

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 
 from pipeline.analysis.render import Table
-from pipeline.files import write_text
+from pipeline.common.files import write_text
 
 FIGURES = (
     ("accuracy_png", "Accuracy per epoch (solid training, dashed validation)"),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from pipeline.analysis.stats import curve_roughness
-from pipeline.files import read_json, write_json
+from pipeline.common.files import read_json, write_json
 
 
 @dataclass(frozen=True)

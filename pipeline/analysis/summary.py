@@ -22,7 +22,7 @@ from pipeline.analysis.stats import (
     fisher_p,
     spread,
 )
-from pipeline.chance import at_chance
+from pipeline.cifar10.chance import at_chance
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from pipeline.analysis.stats import (
     spread,
 )
 from pipeline.analysis.summary import Summary
-from pipeline.chance import at_chance
-from pipeline.errors import PipelineError
+from pipeline.cifar10.chance import at_chance
+from pipeline.common.errors import PipelineError
 
 
 @dataclass(frozen=True)

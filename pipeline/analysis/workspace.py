@@ -9,19 +9,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.analysis.runs import RunResult
-from pipeline.history import History, read_history
-from pipeline.layout import VariantFiles, run_name, variant_files
-from pipeline.names import COST_METRICS, LANDSCAPE_STATISTICS
-from pipeline.params import Params
-from pipeline.probe_files import (
+from pipeline.config.layout import VariantFiles, run_name, variant_files
+from pipeline.config.params import Params
+from pipeline.records import read_record
+from pipeline.records.history import History, read_history
+from pipeline.records.layers import (
     Histograms,
     ProbeRow,
     read_landscape,
     read_preactivations,
     read_probes,
 )
-from pipeline.records import read_record
 from pipeline.records.runs import RunLink, TestMetrics, TrainMetrics
+from pipeline.tracking.names import COST_METRICS, LANDSCAPE_STATISTICS
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.errors import PipelineError
-from pipeline.params import Params
-from pipeline.params_messages import describe_validation_error
+from pipeline.common.errors import PipelineError
+from pipeline.config.messages import describe_validation_error
+from pipeline.config.params import Params
 
 # Keys a factor may not set, and why: the fetch stage's (a worker reads the data the grid was
 # declared on), the training seeds and variants (the grid crosses them itself), where files

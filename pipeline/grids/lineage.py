@@ -12,9 +12,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.files import array_digest, read_npz
-from pipeline.params import Params
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import array_digest, read_npz
+from pipeline.config.params import Params
 from pipeline.records import read_record
 from pipeline.records.data import Provenance
 

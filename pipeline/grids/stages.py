@@ -14,13 +14,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import names
-from pipeline.files import exclusive_lock
+from pipeline.common.files import exclusive_lock
+from pipeline.config.layout import Stores, variant_files
+from pipeline.config.params import Params
 from pipeline.grids.cells import Cell, cell_values, data_setting_key, set_dotted
-from pipeline.layout import Stores, variant_files
-from pipeline.params import Params
 from pipeline.records import read_record
 from pipeline.records.runs import RunLink
+from pipeline.tracking import names
 
 GRID_CACHE = Path(".cache") / "grids"
 

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.grids.cells import Cell, cell_params, cross
 from pipeline.grids.lineage import Lineage
 

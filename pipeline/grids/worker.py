@@ -21,8 +21,9 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import names
-from pipeline.errors import PipelineError, TrainingDiverged
+from pipeline.common.errors import PipelineError, TrainingDiverged
+from pipeline.config.layout import Stores
+from pipeline.config.params import Params
 from pipeline.grids.lineage import DataDigests, check_lineage, current_lineage
 from pipeline.grids.stages import run_cell
 from pipeline.grids.study import (
@@ -35,8 +36,7 @@ from pipeline.grids.study import (
     open_cells,
     suggest_cell,
 )
-from pipeline.layout import Stores
-from pipeline.params import Params
+from pipeline.tracking import names
 from pipeline.tuning.storage import (
     Heartbeat,
     fail_stale_journal_trials,

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_json
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import read_json, write_json
 
 
 class Record(BaseModel):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.files import array_digest, read_npz
-from pipeline.params import TrainParams
-from pipeline.sampling import stratified_sample
-from pipeline.training import TrainingData, training_data
+from pipeline.cifar10.sampling import stratified_sample
+from pipeline.common.files import array_digest, read_npz
+from pipeline.config.params import TrainParams
+from pipeline.training.inputs import TrainingData, training_data
 
 # The arrays of the prepared dataset that tuning reads: never the test set (the tune stage
 # refuses train.validation_data: test).

@@ -9,9 +9,10 @@ from typing import Any
 import keras
 import optuna
 
-from pipeline.errors import TrainingDiverged
-from pipeline.params import TrainParams, TuneParams
-from pipeline.training import TrainingData, train_model
+from pipeline.common.errors import TrainingDiverged
+from pipeline.config.params import TrainParams, TuneParams
+from pipeline.training.fit import train_model
+from pipeline.training.inputs import TrainingData
 from pipeline.tuning.spec import OBJECTIVE, PARAM
 
 
@@ -60,7 +61,7 @@ class Objective:
         try:
             # Keep only the history: the model must be unreferenced when the session clears.
             result = train_model(
-                self.data, settings, self.seed, [*(callbacks or []), EpochPruning(trial)]
+                self.data, settings, self.seed, callbacks=[*(callbacks or []), EpochPruning(trial)]
             )
             history = result.history
             del result

@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from optuna.trial import TrialState
 
-from pipeline import names, tracking
-from pipeline.mlflow_callbacks import MlflowEpochMetrics
-from pipeline.params import Params
-from pipeline.png import save
+from pipeline.config.params import Params
+from pipeline.records.figures import save
+from pipeline.tracking import names, store
+from pipeline.tracking.keras_callbacks import MlflowEpochMetrics
 from pipeline.tuning.spec import PARAM, StudySpec, pruner_settings
 from pipeline.tuning.storage import describe_storage, storage_kind
 from pipeline.tuning.summary import StudySummary
@@ -49,7 +49,7 @@ class TuningRuns:
         self.parent_id: str | None = None
 
     def _tags(self) -> dict[str, str]:
-        tags = tracking.run_tags(self.spec.variant, self.spec.data_digest, self.spec.seed)
+        tags = store.run_tags(self.spec.variant, self.spec.data_digest, self.spec.seed)
         tags.pop(names.DATASET_DIGEST_TAG)  # training runs mean the source archive's digest by it
         return {
             **tags,
@@ -62,13 +62,13 @@ class TuningRuns:
     def parent(self) -> tuple[MlflowClient, str]:
         """The session's parent run, created on first use."""
         if self.client is None or self.parent_id is None:
-            self.experiment_id = tracking.connect(self.params.mlflow.experiment, self.tracking_uri)
+            self.experiment_id = store.connect(self.params.mlflow.experiment, self.tracking_uri)
             self.client = MlflowClient()
             run = self.client.create_run(
                 self.experiment_id, run_name=f"tune-{self.spec.variant}", tags=self._tags()
             )
             self.parent_id = run.info.run_id
-            settings = tracking.flat_params(
+            settings = store.flat_params(
                 self.params, self.spec.variant, self.params.seed, self.spec.settings
             )
             settings.pop(f"train.{PARAM}")  # searched, not set
@@ -99,7 +99,7 @@ class TuningRuns:
             run_name=f"tune-{self.spec.variant}-trial-{number}",
             tags={
                 "mlflow.parentRunId": parent_id,
-                **tracking.process_tags(),
+                **store.process_tags(),
                 names.VARIANT_TAG: self.spec.variant,
                 "optuna_study": self.spec.name,
                 "optuna_trial_number": str(number),
@@ -122,7 +122,7 @@ class TuningRuns:
             self.client,
             run_id,
             {
-                **tracking.flat_params(self.params, self.spec.variant, self.params.seed, settings),
+                **store.flat_params(self.params, self.spec.variant, self.params.seed, settings),
                 "optuna.study": self.spec.name,
                 "optuna.trial_number": trial.number,
             },

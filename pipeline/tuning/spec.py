@@ -18,7 +18,8 @@ from typing import Any
 
 import optuna
 
-from pipeline.params import TrainParams, TuneParams, same_result_fields
+from pipeline.config.params import TrainParams, TuneParams
+from pipeline.config.same_result import same_result_fields
 
 log = logging.getLogger(__name__)
 

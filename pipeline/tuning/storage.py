@@ -33,8 +33,8 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.errors import PipelineError
-from pipeline.layout import project_root
+from pipeline.common.errors import PipelineError
+from pipeline.config.layout import project_root
 
 log = logging.getLogger(__name__)
 

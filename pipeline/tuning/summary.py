@@ -9,8 +9,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.chance import CHANCE_ACCURACY, at_chance
-from pipeline.errors import PipelineError
+from pipeline.cifar10.chance import CHANCE_ACCURACY, at_chance
+from pipeline.common.errors import PipelineError
 from pipeline.tuning.spec import OBJECTIVE, PARAM
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -18,9 +18,10 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.errors import PipelineError
-from pipeline.params import Params, TrainParams
-from pipeline.training import TrainingData, bn_statistics_lag, steps_per_epoch
+from pipeline.common.errors import PipelineError
+from pipeline.config.params import Params, TrainParams
+from pipeline.training.bn_statistics import bn_statistics_lag
+from pipeline.training.inputs import TrainingData, steps_per_epoch
 from pipeline.tuning.data import data_digest
 from pipeline.tuning.objective import Objective
 from pipeline.tuning.runs import TuningRuns

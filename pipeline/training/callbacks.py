@@ -11,9 +11,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.files import read_json, write_json
-from pipeline.history import HISTORY_FIELDS, History
-from pipeline.probes import ProbeCallback
+from pipeline.common.files import read_json, write_json
+from pipeline.evidence.probes import ProbeCallback
+from pipeline.records.history import HISTORY_FIELDS, History
 
 log = logging.getLogger(__name__)
 

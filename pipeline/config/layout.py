@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.params import PathsParams
+from pipeline.config.params import PathsParams
 
 MLFLOW_DB = "mlflow.db"  # the default MLflow store, at the project root
 

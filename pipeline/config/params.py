@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -11,12 +11,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from pipeline.errors import PipelineError
-from pipeline.params_messages import describe_validation_error, section_type
+from pipeline.common.errors import PipelineError
+from pipeline.config.messages import describe_validation_error
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 OFFICIAL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
@@ -24,8 +25,8 @@ OFFICIAL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Activation = Literal["sigmoid", "relu", "tanh", "elu", "gelu", "swish"]
-# Where RMSprop adds its epsilon (pipeline/optimizers.py): inside_sqrt, lr·g / sqrt(v + eps)
-# as in Keras 3; outside_sqrt, lr·g / (sqrt(v) + eps) as in Keras up to 2.3.
+# Where RMSprop adds its epsilon (pipeline/training/optimizers.py): inside_sqrt,
+# lr·g / sqrt(v + eps) as in Keras 3; outside_sqrt, lr·g / (sqrt(v) + eps) as in Keras up to 2.3.
 RmspropEpsilon = Literal["inside_sqrt", "outside_sqrt"]
 FillMode = Literal["nearest", "reflect"]  # the modes that sample as ImageDataGenerator does
 # Marks a setting that cannot change what a run learns, only how it is resourced, probed or
@@ -81,7 +82,7 @@ class NormalizeParams(Section):
 
 class AugmentationParams(Section):
     """One random affine warp per training image, about its centre, with the semantics of
-    Keras' ImageDataGenerator (pipeline/augment.py)."""
+    Keras' ImageDataGenerator (pipeline/training/augment.py)."""
 
     shear_degrees: Annotated[float, Field(ge=0, lt=90)] = Field(
         default=11.3, description="shear angle along x drawn from ±this many degrees"
@@ -98,7 +99,7 @@ class AugmentationParams(Section):
     fill_mode: FillMode = "reflect"
 
 
-class ModelSettings(Section):
+class VariantSettings(Section):
     """Everything a variant may override; shared defaults live in `train`."""
 
     batch_norm: bool = False
@@ -151,7 +152,8 @@ class SpeedParams(Section):
 
 class LandscapeParams(Section):
     """The loss landscape along training's own steps, as Santurkar et al. (2018) measure it
-    (pipeline/landscape.py): loss variation, gradient change and effective beta-smoothness."""
+    (pipeline/evidence/landscape.py): loss variation, gradient change and effective
+    beta-smoothness."""
 
     every_steps: Annotated[int, Field(ge=0)] = Field(
         default=0, description="measure every this many training steps; 0: off"
@@ -166,7 +168,8 @@ class LandscapeParams(Section):
 
 
 class ProbeParams(Section):
-    """Per-layer gradient and pre-activation probes (pipeline/probes.py), and the landscape."""
+    """Per-layer gradient and pre-activation probes (pipeline/evidence/probes.py), and the
+    landscape."""
 
     interval: Annotated[int, Field(ge=0)] = Field(
         default=1, description="probe every this many epochs, and after the last; 0: off"
@@ -175,7 +178,7 @@ class ProbeParams(Section):
     landscape: LandscapeParams = LandscapeParams()
 
 
-class TrainParams(ModelSettings):
+class TrainParams(VariantSettings):
     """Training settings shared by every variant, plus the article's quirks as options."""
 
     validation_data: Literal["split", "test"] = Field(
@@ -216,19 +219,26 @@ class TrainParams(ModelSettings):
         return self
 
 
-class VariantOverrides(Section):
-    """A variant: the `train` settings it changes. Unset fields inherit from `train`."""
+def _overrides_of(settings: type[Section]) -> type[Section]:
+    """`settings` with every field optional and unset by default: what a variant may change.
 
-    batch_norm: bool | None = None
-    bn_position: Literal["after_activation", "before_activation"] | None = None
-    activation: Activation | None = None
-    optimizer: Literal["rmsprop", "adam", "sgd"] | None = None
-    rmsprop_epsilon: RmspropEpsilon | None = None
-    learning_rate: PositiveFloat | None = None
-    batch_size: PositiveInt | None = None
-    epochs: PositiveInt | None = None
-    bn_momentum: Annotated[float, Field(gt=0, lt=1)] | None = None
-    augmentation: AugmentationParams | None = None
+    Derived, not written out, so a setting added to VariantSettings can be overridden per
+    variant at once, with the same types and bounds."""
+    fields: dict[str, Any] = {}
+    for name, field in settings.model_fields.items():
+        constrained: Any = (
+            Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        )
+        fields[name] = (constrained | None, None)
+    return create_model("VariantOverrides", __base__=Section, **fields)
+
+
+# A variant: the `train` settings it changes. Unset fields inherit from `train`. Type checkers
+# cannot follow a class made at run time; to them it is VariantSettings, whose fields it has.
+if TYPE_CHECKING:
+    VariantOverrides = VariantSettings
+else:
+    VariantOverrides = _overrides_of(VariantSettings)
 
 
 class PrunerParams(Section):
@@ -330,44 +340,6 @@ class Params(Section):
             raise PipelineError(f"unknown variant {name!r}; params.yaml defines: {known}")
         overrides = self.variants[name].model_dump(exclude_unset=True)
         return TrainParams.model_validate(_deep_merge(self.train.model_dump(), overrides))
-
-
-def same_result_fields(model: type[BaseModel] = TrainParams) -> dict[str, Any]:
-    """The fields marked SAME_RESULT, as a pydantic `exclude` argument: a marked field (or
-    section) maps to True, a section holding marked fields to the set or dict of them."""
-    found: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        extra = field.json_schema_extra
-        section = section_type(field.annotation)
-        if isinstance(extra, dict) and extra.get("same_result"):
-            found[name] = True
-        elif section is not None and (inner := same_result_fields(section)):
-            found[name] = set(inner) if all(value is True for value in inner.values()) else inner
-    return found
-
-
-def same_result_keys(prefix: str = "train", model: type[BaseModel] = TrainParams) -> set[str]:
-    """The dotted keys (as MLflow's flattened params name them) of every SAME_RESULT setting."""
-    keys: set[str] = set()
-    for name, field in model.model_fields.items():
-        extra = field.json_schema_extra
-        section = section_type(field.annotation)
-        marked = isinstance(extra, dict) and extra.get("same_result")
-        if section is not None:
-            inner = same_result_keys(f"{prefix}.{name}", section)
-            keys |= _leaf_keys(f"{prefix}.{name}", section) if marked else inner
-        elif marked:
-            keys.add(f"{prefix}.{name}")
-    return keys
-
-
-def _leaf_keys(prefix: str, model: type[BaseModel]) -> set[str]:
-    """Every setting of a section, nested sections' included, as dotted keys."""
-    keys: set[str] = set()
-    for name, field in model.model_fields.items():
-        section = section_type(field.annotation)
-        keys |= _leaf_keys(f"{prefix}.{name}", section) if section else {f"{prefix}.{name}"}
-    return keys
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

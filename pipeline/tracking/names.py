@@ -45,7 +45,7 @@ TEST_ACCURACY = "test_accuracy"
 TEST_LOSS = "test_loss"
 LEARNING_RATE_SOURCE_PARAM = "train.learning_rate_source"
 
-# The per-layer probe statistics (pipeline/probes.py computes them), logged per epoch.
+# The per-layer probe statistics (pipeline/evidence/probes.py computes them), logged per epoch.
 PROBE_STATISTICS = (
     "grad_norm",
     "update_ratio",
@@ -54,7 +54,7 @@ PROBE_STATISTICS = (
     "saturated_fraction",
     "mean_derivative",
 )
-# The loss landscape along training's steps (pipeline/landscape.py), step = training step.
+# The loss landscape along training's steps (pipeline/evidence/landscape.py), step = training step.
 LANDSCAPE_STATISTICS = ("loss_variation", "gradient_change", "beta_smoothness", "gradient_norm")
 _PROBE_METRIC = re.compile(r"probe/(?P<layer>[^/]+)/(?P<statistic>[a-z_]+)")
 

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.params import AugmentationParams
+from pipeline.config.params import AugmentationParams
 
 
 def affine_transforms(

@@ -10,7 +10,7 @@ On a fixed batch of training images, at the end of every `interval`-th epoch (an
   in the sigmoid's flat tails (|z| > 4), the mean derivative of the activation at z, and a
   fixed-bin histogram.
 
-Activations are found as the `<layer>_act` layers that `pipeline.model` builds; a
+Activations are found as the `<layer>_act` layers that `pipeline.training.model` builds; a
 pre-activation is keyed by the layer before `_act`. Probing leaves training untouched: the
 batch goes through the model without an optimizer step, and BatchNormalization's moving
 statistics are put back afterwards.
@@ -27,7 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.probe_files import HISTOGRAM_EDGES, Histograms, ProbeRow
+from pipeline.config.params import TrainParams
+from pipeline.records.layers import HISTOGRAM_EDGES, Histograms, ProbeRow
+from pipeline.training.inputs import TrainingData
 
 SATURATED_ABOVE = 4.0  # sigmoid'(4) ≈ 0.018, under a tenth of its peak 0.25
 PREACTIVATION_FIELDS = ("preact_mean", "preact_std", "saturated_fraction", "mean_derivative")
@@ -198,3 +200,14 @@ class ProbeCallback(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - started
         if self.on_sample is not None:
             self.on_sample(epoch + 1, sample)
+
+
+def probe_callback(
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    on_sample: Callable[[int, Sample], None] | None = None,
+) -> ProbeCallback:
+    """Probes on a fixed batch of training images; interval 0 samples nothing."""
+    x, y = fixed_batch(data.x_train, data.y_train, settings.probe.images, seed)
+    return ProbeCallback(x, y, settings.probe.interval, on_sample)

@@ -1,6 +1,6 @@
 """The probes' files: per-layer rows as CSV and pre-activation histograms as JSON.
 
-Apart from pipeline/probes.py (which needs TensorFlow) so that `compare` reads them without
+Apart from pipeline/evidence/probes.py (which needs TensorFlow) so that `compare` reads them without
 loading TensorFlow, and an edit to how probes are computed does not rerun it.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.files import read_json, write_csv, write_json
-from pipeline.names import LANDSCAPE_STATISTICS, PROBE_STATISTICS
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import read_json, write_csv, write_json
+from pipeline.tracking.names import LANDSCAPE_STATISTICS, PROBE_STATISTICS
 
 HISTOGRAM_EDGES = np.linspace(-12.0, 12.0, 97)  # values outside land in the end bins
 PROBE_FIELDS = ("epoch", "depth", "layer", *PROBE_STATISTICS)

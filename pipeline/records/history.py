@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.files import write_csv
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import write_csv
 
 HISTORY_FIELDS = (
     "epoch",

@@ -28,7 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.params import LandscapeParams
+from pipeline.config.params import LandscapeParams, TrainParams
+from pipeline.evidence.probes import fixed_batch
+from pipeline.training.inputs import TrainingData
 
 LandscapeRow = dict[str, float]
 
@@ -157,3 +159,14 @@ class LandscapeCallback(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - started
         if self.on_row is not None:
             self.on_row(row)
+
+
+def landscape_callback(
+    data: TrainingData,
+    settings: TrainParams,
+    seed: int,
+    on_row: Callable[[LandscapeRow], None] | None = None,
+) -> LandscapeCallback:
+    """The landscape along training's steps on the same fixed batch the probes use."""
+    x, y = fixed_batch(data.x_train, data.y_train, settings.probe.images, seed)
+    return LandscapeCallback(x, y, settings.probe.landscape, on_row)

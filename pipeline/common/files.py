@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 
 @contextlib.contextmanager

@@ -9,9 +9,9 @@ from typing import Any
 import keras
 from mlflow.entities import Metric
 
-from pipeline import names
-from pipeline.history import HISTORY_FIELDS
-from pipeline.probes import Sample
+from pipeline.evidence.probes import Sample
+from pipeline.records.history import HISTORY_FIELDS
+from pipeline.tracking import names
 
 
 class MlflowEpochMetrics(keras.callbacks.Callback):

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 
-from pipeline.errors import PipelineError
-from pipeline.layout import Stores
-from pipeline.params import Params, load_params
+from pipeline.common.errors import PipelineError
+from pipeline.config.layout import Stores
+from pipeline.config.params import Params, load_params
 
 log = logging.getLogger("pipeline")
 

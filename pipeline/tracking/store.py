@@ -18,11 +18,11 @@ import numpy as np
 from mlflow.data.numpy_dataset import from_numpy
 from mlflow.exceptions import MlflowException
 
-from pipeline import names
-from pipeline.errors import PipelineError
-from pipeline.files import array_digest, exclusive_lock
-from pipeline.layout import Stores
-from pipeline.params import Params, TrainParams
+from pipeline.common.errors import PipelineError
+from pipeline.common.files import array_digest, exclusive_lock
+from pipeline.config.layout import Stores
+from pipeline.config.params import Params, TrainParams
+from pipeline.tracking import names
 
 log = logging.getLogger(__name__)
 

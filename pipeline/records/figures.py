@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: stages run under DVC, CI and on servers
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.files import atomic_path  # noqa: E402
+from pipeline.common.files import atomic_path  # noqa: E402
 
 
 def save(figure: plt.Figure, target: Path) -> None:

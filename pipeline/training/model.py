@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.chance import NUM_CLASSES
-from pipeline.params import ModelSettings, SpeedParams
+from pipeline.cifar10.chance import NUM_CLASSES
+from pipeline.config.params import SpeedParams, VariantSettings
 from pipeline.records.data import NormalizationStats
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -59,7 +59,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 def build_model(
-    settings: ModelSettings, num_classes: int = NUM_CLASSES, speed: SpeedParams | None = None
+    settings: VariantSettings, num_classes: int = NUM_CLASSES, speed: SpeedParams | None = None
 ) -> keras.Model:
     """The article's architecture on normalized images; BN per `settings.batch_norm`.
 
@@ -97,7 +97,7 @@ def build_model(
 
 
 def _activation_block(
-    x: Any, settings: ModelSettings, name: str, dtype: str, norm_layer: type[keras.layers.Layer]
+    x: Any, settings: VariantSettings, name: str, dtype: str, norm_layer: type[keras.layers.Layer]
 ) -> Any:
     """Activation, with batch normalization before or after it when the variant asks."""
     activation = keras.layers.Activation(settings.activation, name=f"{name}_act", dtype=dtype)

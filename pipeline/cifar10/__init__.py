@@ -1,0 +1,1 @@
+"""CIFAR-10 itself: its source containers read safely, decoded, sampled; its chance level."""

@@ -1,0 +1,1 @@
+"""The evidence sampled during training: per-layer probes and the loss landscape."""

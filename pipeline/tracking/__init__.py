@@ -1,0 +1,1 @@
+"""MLflow: the store, run names and tags, and the Keras callbacks that log epochs as they happen."""
