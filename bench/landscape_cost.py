@@ -35,7 +35,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.steps * BATCH, 32, 32, 3)).astype(np.float32)
     y = (np.arange(len(x)) % 10).astype(np.int32)
-    multiples = LandscapeParams().step_multiples
+    settings = LandscapeParams()
+    multiples = settings.step_multiples
     for batch_norm in (False, True):
         seed_everything(0, deterministic=True)
         model = compiled_model(TrainParams(batch_norm=batch_norm))
@@ -43,7 +44,7 @@ def main() -> None:
         started = time.perf_counter()
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
         step_seconds = (time.perf_counter() - started) / args.steps
-        probe = LandscapeProbe(model, x[:PROBE_IMAGES], y[:PROBE_IMAGES], multiples)
+        probe = LandscapeProbe(model, x[:PROBE_IMAGES], y[:PROBE_IMAGES], settings)
         probe.measure()  # traces the function
         times = []
         for _ in range(args.measures):

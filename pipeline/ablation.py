@@ -69,9 +69,10 @@ def load_runs(
     experiments: list[str],
     added: list[Path],
     grids: list[str] | None = None,
-) -> tuple[list[RunResult], dict[tuple[str, str], int]]:
+) -> tuple[list[RunResult], dict[tuple[str, str], int] | None]:
     """The finished training runs in the MLflow store, then those of the added records; and
-    the failed training runs per (DVC experiment, variant) in the store."""
+    the failed training runs per (DVC experiment, variant) in the store, or None when every
+    run comes from records (which keep finished runs only, so failures are not known)."""
     store.check_server()
     client = MlflowClient(tracking_uri=store.tracking_uri())
     experiment = client.get_experiment_by_name(params.mlflow.experiment)
@@ -80,12 +81,16 @@ def load_runs(
             f"the MLflow store {store.tracking_uri()} has no experiment "
             f"{params.mlflow.experiment!r}: run `dvc repro` or `dvc exp run` first"
         )
-    runs = with_added_runs(
-        training_runs(client, experiment.experiment_id, filter_string, experiments, grids or []),
-        added,
+    stored = training_runs(
+        client, experiment.experiment_id, filter_string, experiments, grids or []
     )
-    failed = failed_training_runs(
-        client, experiment.experiment_id, experiments or {run.experiment for run in runs}
+    runs = with_added_runs(stored, added)
+    failed = (
+        failed_training_runs(
+            client, experiment.experiment_id, experiments or {run.experiment for run in runs}
+        )
+        if stored
+        else None
     )
     if not runs:
         raise PipelineError(

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +202,21 @@ def fresh_mlflow_state() -> Iterator[None]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh project repository, shared by the tests of one module."""
     return make_project(tmp_path_factory.mktemp("repo"))
+
+
+def wait_for_health(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    """Wait until the `mlflow server` process answers /health; fail if it exits first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {server.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server at {url} did not answer within {seconds} s")
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""Bad input, end to end through the stages' command lines: one row per case of the table
-in docs/troubleshooting.md. Each must print one `error:` line naming the problem and
-the fix, exit non-zero without a traceback, and leave every file exactly as it was.
+"""Bad input through the stages' entry points: one row per case of the table in
+docs/troubleshooting.md. Each must print one `error:` line naming the problem and the fix,
+exit 1 without a traceback, and leave every file exactly as it was. The cases call each
+stage's `main(argv)` in this process; two run it as DVC does, `python -m pipeline.<stage>`,
+for the exit status and the output of a real process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -17,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
-from tests.conftest import PROJECT_ROOT, Server, free_port, project_environment
+from tests.conftest import PROJECT_ROOT, Server, edit_params, free_port, project_environment
 from tests.sources import class_folder_files, write_binary_release, write_class_folder, write_tar
 
 SOURCE = "cifar10-small.tar.gz"
@@ -39,12 +43,23 @@ def run_stage(
     )
 
 
-def edit(folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Apply `change` to the folder's params.yaml."""
-    path = folder / "params.yaml"
-    values = yaml.safe_load(path.read_text())
-    change(values)
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
+def run_in_process(
+    folder: Path, module: str, *args: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    """`main([...args])` of `pipeline.<stage>` in this process, from `folder`: its exit status
+    and what it printed to stderr."""
+    monkeypatch.chdir(folder)
+    terminate = signal.getsignal(signal.SIGTERM)  # run_stage turns SIGTERM into Ctrl-C
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            importlib.import_module(module).main(list(args))
+        status = 0
+    except SystemExit as exit:
+        status = int(exit.code or 0)
+    finally:
+        signal.signal(signal.SIGTERM, terminate)
+    return status, stderr.getvalue()
 
 
 def setting(dotted: str, value: Any) -> Callable[[Path], None]:
@@ -57,7 +72,7 @@ def setting(dotted: str, value: Any) -> Callable[[Path], None]:
                 values = values.setdefault(section, {})
             values[key] = value
 
-        edit(folder, change)
+        edit_params(folder, change)
 
     return spoil
 
@@ -261,10 +276,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_input_is_one_clear_line_and_changes_nothing(
-    case: str, prepared: Path, tmp_path: Path, server: Server
-) -> None:
+def spoiled(case: str, prepared: Path, tmp_path: Path, server: Server) -> Path:
+    """A copy of the prepared folder with the case's bad input."""
     bad = CASES[case]
     folder = tmp_path / "project"
     shutil.copytree(prepared, folder)
@@ -274,19 +287,48 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(
         setting("data.source", "official")(folder)
         setting("paths.download_cache", "cache")(folder)
     bad.spoil(folder)
-    before = snapshot(folder)
+    return folder
 
-    failed = run_stage(folder, *bad.stage, env=bad.env() if bad.env else None)
 
-    assert failed.returncode == 1, failed.stderr
-    assert "Traceback" not in failed.stderr
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, failed.stderr
+def assert_one_clear_line(bad: BadInput, status: int, stderr: str) -> None:
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
     for phrase in bad.expected:
         assert phrase in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+    case: str,
+    prepared: Path,
+    tmp_path: Path,
+    server: Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bad = CASES[case]
+    folder = spoiled(case, prepared, tmp_path, server)
+    before = snapshot(folder)
+    for name, value in (bad.env() if bad.env else {}).items():
+        monkeypatch.setenv(name, value)
+
+    status, stderr = run_in_process(folder, *bad.stage, monkeypatch=monkeypatch)
+
+    assert_one_clear_line(bad, status, stderr)
     after = snapshot(folder)
     assert sorted(after) == sorted(before)
     assert [name for name in before if after[name] != before[name]] == []
+
+
+@pytest.mark.parametrize("case", ["typo in a key", "unreachable MLflow server (train)"])
+def test_bad_input_through_the_command_line(
+    case: str, prepared: Path, tmp_path: Path, server: Server
+) -> None:
+    bad = CASES[case]
+    folder = spoiled(case, prepared, tmp_path, server)
+    failed = run_stage(folder, *bad.stage, env=bad.env() if bad.env else None)
+    assert_one_clear_line(bad, failed.returncode, failed.stderr)
 
 
 def test_debug_shows_the_traceback(prepared: Path, tmp_path: Path) -> None:

@@ -120,3 +120,17 @@ def test_analysis_is_outside_what_the_data_training_and_tuning_stages_import() -
             "pipeline/evidence/probes.py",
         }
         assert not code_closure(f"pipeline.{stage}") & heavy
+
+
+def test_every_stage_can_have_a_run_cache_entry_another_machine_can_use() -> None:
+    """DVC saves a run-cache entry only for a stage with no `persist` output whose outputs
+    kept out of its cache are all metrics or plots (dvc/stage/cache.py, Stage.run); and
+    `dvc push` sends no output kept out of the cache, which another machine would miss."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for section in ("outs", "metrics", "plots"):
+            for entry in body.get(section, []):
+                options = {} if isinstance(entry, str) else next(iter(entry.values())) or {}
+                assert not options.get("persist"), (name, entry)
+                assert options.get("cache", True), (name, entry)

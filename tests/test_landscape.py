@@ -1,4 +1,5 @@
-"""The loss-landscape probe: it measures along the optimizer's own steps and changes nothing."""
+"""The loss-landscape probe: it measures along the optimizer's steps or the gradient, and changes
+nothing."""
 
 from __future__ import annotations
 
@@ -43,3 +44,22 @@ def test_the_measures_are_finite_and_consistent() -> None:
         assert all(math.isfinite(row[key]) for key in row), row
         assert row["loss_variation"] >= 0 and row["gradient_change"] > 0
         assert row["beta_smoothness"] > 0 and row["gradient_norm"] > 0
+
+
+def test_along_the_gradient_the_distance_moved_is_the_step_times_the_gradient_norm() -> None:
+    """direction: gradient steps to w - s·∇L, as Santurkar et al.: β-smoothness is then the
+    gradient change over s·‖∇L‖ exactly; along RMSprop's update it is not."""
+    data = tiny_data()
+    ratios = {}
+    for direction in ("gradient", "optimizer_update"):
+        landscape = {"every_steps": 4, "direction": direction, "step_sizes": [0.05]}
+        probed_settings = small_train(batch_size=16, epochs=1, probe={"landscape": landscape})
+        probe = landscape_callback(data, probed_settings, seed=0)  # type: ignore[arg-type]
+        train_model(data, probed_settings, seed=1, landscape=probe)  # type: ignore[arg-type]
+        ratios[direction] = [
+            row["beta_smoothness"] * 0.05 * row["gradient_norm"] / row["gradient_change"]
+            for row in probe.rows
+        ]
+        assert all(row["non_finite"] == 0 for row in probe.rows)
+    assert np.allclose(ratios["gradient"], 1.0, rtol=1e-4)
+    assert not np.allclose(ratios["optimizer_update"], 1.0, rtol=1e-2)

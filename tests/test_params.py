@@ -11,6 +11,7 @@ import yaml
 from pipeline.common.errors import PipelineError
 from pipeline.config.params import Params, load_params
 from pipeline.config.same_result import same_result_keys
+from tests.conftest import PROJECT_ROOT
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -134,3 +135,17 @@ def test_a_same_result_section_marks_its_nested_settings_too() -> None:
     assert {"train.probe.interval", "train.probe.landscape.every_steps"} <= keys
     assert "train.probe.landscape" not in keys  # a section, not a setting
     assert "train.learning_rate" not in keys and "train.speed.precision" not in keys
+
+
+def test_a_variant_named_like_another_variant_s_run_is_refused(tmp_path: Path) -> None:
+    values = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    values["seeds"] = [42, 7]
+    values["variants"]["bn-7"] = {"batch_norm": True}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(PipelineError, match="variant 'bn-7' is also the name of variant 'bn'"):
+        load_params(path)
+    del values["variants"]["bn-7"]
+    values["variants"]["bn-8"] = {"batch_norm": True}  # no seed 8: no clash
+    path.write_text(yaml.safe_dump(values))
+    assert "bn-8" in load_params(path).variants

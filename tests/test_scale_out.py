@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.conftest import (
     project_environment,
     run_command,
     tiny_colour_data,
+    wait_for_health,
     write_tuning_project,
 )
 
@@ -45,20 +45,6 @@ class Servers:
 
     optuna_url: str
     mlflow_url: str
-
-
-def wait_for_health(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {server.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow server at {url} did not answer within {seconds} s")
 
 
 @pytest.fixture(scope="module")

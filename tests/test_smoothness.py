@@ -169,3 +169,21 @@ def test_a_grids_figure_names_each_group_by_its_factors() -> None:
     assert [axes.get_legend() for axes in figure.axes] == [None] * 4
     (legend,) = figure.legends
     assert sorted(text.get_text() for text in legend.get_texts()) == sorted(series)
+
+
+def test_a_step_that_blew_up_is_counted_not_smoothed_over() -> None:
+    """A measure the probe recorded as non-finite stays out of the geometric means, and the
+    table counts it per row; a record older than the probe's count shows it by its infinity."""
+    blown = probed("plain", 1, 1.0)
+    blown.landscape["loss_variation"]["500"] = math.inf
+    blown.landscape["non_finite"] = {"0": 0.0, "500": 2.0, "1000": 1.0}
+    older = probed("plain", 2, 1.0)
+    older.landscape["gradient_change"]["0"] = math.inf
+    runs = [blown, older, probed("bn", 1, 0.5), probed("bn", 2, 0.5)]
+    result = smoothness(summarize(runs))
+    counted = {row.variant: row.non_finite for row in result.rows}
+    assert counted == {"plain": 3, "bn": 0}
+    assert math.isfinite(run_smoothness(blown)["loss_variation"])
+    assert "| non-finite |" in smoothness_markdown(result)
+    written = {row["variant"]: row["non_finite"] for row in smoothness_json(result)["rows"]}
+    assert written == counted

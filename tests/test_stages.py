@@ -198,7 +198,10 @@ def test_the_landscape_is_logged_written_and_drawn(staged_run: tuple[Path, Param
         assert [point.step for point in history] == [0, 5, 10]
         assert 0 < run.data.metrics["speed/landscape_overhead"] < 1
         rows = (staged / f"results/{variant}-{SEED}/landscape.csv").read_text().splitlines()
-        assert rows[0] == "step,loss_variation,gradient_change,beta_smoothness,gradient_norm"
+        assert (
+            rows[0]
+            == "step,loss_variation,gradient_change,beta_smoothness,gradient_norm,non_finite"
+        )
         assert len(rows) == 4
     assert (staged / "comparison/landscape.png").stat().st_size > 20_000
     # The analysis reads the same measures from MLflow (ablation) and the workspace (compare).

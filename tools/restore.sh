@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Give back the last commit's workspace after a failed or unwanted `dvc repro` (or
 # `dvc exp run` in the workspace), whatever state it left:
-#   - params.yaml, dvc.lock and the outputs kept in git (results/, comparison/, reports/) as
-#     HEAD has them, whether core.autostage staged the new ones or not; files HEAD lacks (a
-#     fresh clone's first run: its dvc.lock and outputs) are removed;
-#   - the DVC-cached outputs (data, models) as that dvc.lock names them, overwriting any a
-#     stage rewrote before it failed (`dvc checkout --force`).
+#   - params.yaml, dvc.lock and what git holds under the output folders (results/,
+#     comparison/, reports/: DVC's .gitignore files) as HEAD has them, whether
+#     core.autostage staged the new ones or not; files HEAD lacks (a fresh clone's first
+#     run: its dvc.lock) are removed;
+#   - every output as that dvc.lock names it, from DVC's cache, overwriting any a stage
+#     rewrote before it failed (`dvc checkout --force`).
 # What git ignores and the lock does not name (data a failed first run fetched) stays, as
 # does DVC's cache.
 #

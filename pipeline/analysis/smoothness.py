@@ -46,6 +46,19 @@ def run_smoothness(run: RunResult, from_step: int = 0) -> dict[str, float]:
     return {name: _geometric_mean(list(landscape.get(name, {}).values())) for name in STATISTICS}
 
 
+def non_finite_measures(run: RunResult, from_step: int = 0) -> int:
+    """The run's measured steps (from `from_step` on) with a NaN or infinite value: counted by
+    the probe (`non_finite`), or, in records older than that count, seen in a statistic."""
+    steps = {
+        step
+        for name, values in run.landscape.items()
+        for step, value in values.items()
+        if int(step) >= from_step
+        and (not math.isfinite(value) or (name == "non_finite" and value > 0))
+    }
+    return len(steps)
+
+
 def landscape_series(summary: Summary) -> dict[str, list[list[dict[str, float]]]]:
     """The probed runs' measures as `landscape_figure` draws them: per variant (per group and
     variant where there are several groups), one list of rows per seed."""
@@ -89,6 +102,7 @@ class SmoothnessRow:
     runs: int
     measures: int  # measured steps per run (the first run's)
     means: dict[str, float]
+    non_finite: int  # measures with a NaN or infinite value, over the runs: not in the means
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,10 @@ def smoothness(summary: Summary, baseline_variant: str = "plain", from_step: int
             steps = sum(
                 int(step) >= from_step for step in measured[0][0].landscape["gradient_change"]
             )
-            rows.append(SmoothnessRow(group.name, row.variant, len(measured), steps, means))
+            blown_up = sum(non_finite_measures(run, from_step) for run, _ in measured)
+            rows.append(
+                SmoothnessRow(group.name, row.variant, len(measured), steps, means, blown_up)
+            )
         base = probed.get(baseline_variant)
         if not base:
             continue
@@ -205,7 +222,9 @@ ROWS_NOTE = (
     "Loss landscape along training's steps (train.probe.landscape; Santurkar et al. 2018): "
     "per run the geometric mean over its measured steps, per row the geometric mean over its "
     "runs. Smaller is smoother; relative_gradient_change is the gradient change over the "
-    "gradient's norm, which a run on a plateau cannot win by being flat."
+    "gradient's norm, which a run on a plateau cannot win by being flat. non-finite counts the "
+    "measures (over the row's runs) where a step blew the loss or gradient up: left out of the "
+    "means, which therefore read smoother than those steps were."
 )
 RATIOS_NOTE = (
     "Between variants: the ratio of the geometric means, with the 95% Welch interval of the "
@@ -218,14 +237,15 @@ def smoothness_tables(result: Smoothness) -> list[tuple[str, Table]]:
     if not result.rows:
         return []
     rows = Table(
-        ("group", "variant", "probed runs", "measures per run", *STATISTICS),
-        "llrr" + "r" * len(STATISTICS),
+        ("group", "variant", "probed runs", "measures per run", "non-finite", *STATISTICS),
+        "llrrr" + "r" * len(STATISTICS),
         [
             (
                 row.group,
                 row.variant,
                 str(row.runs),
                 str(row.measures),
+                str(row.non_finite),
                 *(f"{row.means[name]:.3g}" for name in STATISTICS),
             )
             for row in result.rows
@@ -272,6 +292,7 @@ def smoothness_json(result: Smoothness) -> dict[str, Any]:
                 "variant": row.variant,
                 "runs": row.runs,
                 "measures": row.measures,
+                "non_finite": row.non_finite,
                 **row.means,
             }
             for row in result.rows

@@ -44,7 +44,7 @@ class SweepPoint:
     high: float
     left_chance: int  # runs whose last validation accuracy is above chance
     learned: list[float]  # the test accuracies of those runs
-    failed: int  # training runs of the same experiments that failed
+    failed: int | None  # training runs of the same experiments that failed; None: not known
     roughness: Spread
 
     @property
@@ -55,12 +55,17 @@ class SweepPoint:
     @property
     def left_chance_interval(self) -> tuple[float, float]:
         """The exact 95% interval of the share of runs that leave chance."""
-        return proportion_interval(self.left_chance, self.test_accuracy.n + self.failed)
+        return proportion_interval(self.left_chance, self.runs)
+
+    @property
+    def runs(self) -> int:
+        """The runs that count: finished ones, and failed ones where they are known."""
+        return self.test_accuracy.n + (self.failed or 0)
 
     @property
     def tolerated(self) -> str:
         """yes: every run left chance and none failed; no: none left chance; else partly."""
-        total = self.test_accuracy.n + self.failed
+        total = self.runs
         if self.left_chance == total:
             return "yes"
         return "no" if self.left_chance == 0 else f"partly ({self.left_chance}/{total})"
@@ -70,7 +75,7 @@ def sweep_points(
     summary: Summary, key: str, failed: dict[tuple[str, str], int] | None = None
 ) -> list[SweepPoint]:
     """A point per group and variant, ordered by variant then value; `failed` counts the
-    failed training runs per (DVC experiment, variant)."""
+    failed training runs per (DVC experiment, variant), None where they are not known."""
     points = []
     for group in summary.groups:
         others = {name: value for name, value in group.factors.items() if name != key}
@@ -106,9 +111,9 @@ def sweep_points(
                     high=high,
                     left_chance=len(learners),
                     learned=[run.test_accuracy for run in learners],
-                    failed=sum(
-                        (failed or {}).get((name, variant), 0) for name in group.experiments
-                    ),
+                    failed=None
+                    if failed is None
+                    else sum(failed.get((name, variant), 0) for name in group.experiments),
                     roughness=finite_spread([run.val_accuracy_roughness for run in runs]),
                 )
             )
@@ -137,9 +142,8 @@ def sweep_table(points: list[SweepPoint], key: str) -> Table:
                 f"{point.value:.3g}",
                 str(point.test_accuracy.n),
                 accuracy,
-                f"{point.left_chance}/{point.test_accuracy.n + point.failed} "
-                f"[{low:.2f}, {high:.2f}]",
-                str(point.failed),
+                f"{point.left_chance}/{point.runs} [{low:.2f}, {high:.2f}]",
+                "–" if point.failed is None else str(point.failed),
                 point.tolerated,
                 roughness,
             )
@@ -185,7 +189,7 @@ def left_chance_tests(points: list[SweepPoint], baseline: str) -> list[LeftChanc
     ]
 
     def counts(point: SweepPoint) -> tuple[int, int]:
-        return point.left_chance, point.test_accuracy.n + point.failed
+        return point.left_chance, point.runs
 
     # fisher_p takes (stuck, runs); the test is the same on (left, runs).
     ps = [fisher_p(counts(point), counts(other)) for point, other in pairs]

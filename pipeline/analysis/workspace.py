@@ -64,6 +64,7 @@ class WorkspaceRun:
                 {
                     statistic: {str(int(row["step"])): row[statistic] for row in self.landscape}
                     for statistic in LANDSCAPE_STATISTICS
+                    if statistic in self.landscape[0]  # landscape.csv before non_finite
                 }
                 if self.landscape
                 else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -65,6 +66,12 @@ def run_stage(args: argparse.Namespace, body: Callable[[Params], object]) -> Non
     except KeyboardInterrupt:
         print("error: interrupted; no output was written. Run the stage again.", file=sys.stderr)
         sys.exit(130)
+    except Exception as error:
+        lost = describe_lost_server(error)
+        if lost is None or args.debug:
+            raise
+        print(f"error: {lost}", file=sys.stderr)
+        sys.exit(1)
 
 
 def describe_os_error(error: OSError) -> str:
@@ -74,6 +81,31 @@ def describe_os_error(error: OSError) -> str:
         f"the operating system refused a file operation{where}: "
         f"{error.strerror or error}; free disk space or fix the path's permissions, then run "
         "again (--debug shows where it happened)"
+    )
+
+
+def describe_lost_server(error: BaseException) -> str | None:
+    """One line for a tracking server that stopped answering mid-stage, or None for any other
+    error. MLflow raises it as an MlflowException "API request to <url> failed with exception
+    ..." once its retries are spent, and again when the run's end cannot be recorded; the
+    first is found down the chain. Looked up in sys.modules: a stage that never imported
+    MLflow cannot have lost its server, and stages without MLflow do not import it for this."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if exceptions is None:
+        return None
+    cause: BaseException | None = error
+    lost = None
+    while cause is not None:
+        found = re.match(r"API request to (\w+://[^/\s]+)\S* failed", str(cause))
+        if isinstance(cause, exceptions.MlflowException) and found:
+            lost = found[1]
+        cause = cause.__cause__ or cause.__context__
+    if lost is None:
+        return None
+    return (
+        f"the MLflow tracking server {lost} stopped answering during the stage (MLflow's "
+        "retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES, are spent); start it again and rerun "
+        "`dvc repro`: with train.resume: true, training continues from its last completed epoch"
     )
 
 

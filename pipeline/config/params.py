@@ -161,9 +161,21 @@ class LandscapeParams(Section):
     until_step: Annotated[int, Field(ge=0)] = Field(
         default=0, description="the last training step measured; 0: to the end of training"
     )
+    direction: Literal["optimizer_update", "gradient"] = Field(
+        default="optimizer_update",
+        description="optimizer_update: along the step the optimizer would take (RMSprop's "
+        "update, which rescales each weight's gradient: this project's variant); gradient: "
+        "along -gradient, as Santurkar et al. measure it (with SGD, the same direction)",
+    )
     step_multiples: Annotated[list[PositiveFloat], Field(min_length=1)] = Field(
         default=[0.25, 0.5, 1.0, 2.0, 4.0],
         description="the steps tried, as multiples of the learning rate training uses",
+    )
+    step_sizes: Annotated[list[PositiveFloat], Field(min_length=1)] | None = Field(
+        default=None,
+        description="the steps tried, as absolute rates (replacing step_multiples): the "
+        "paper's run up to just below the rate at which the network without "
+        "BatchNormalization diverges",
     )
 
 
@@ -324,6 +336,22 @@ class Params(Section):
                 "data.val_fraction 0 leaves no validation split: set "
                 "train.validation_data: test (the article's choice) or a val_fraction above 0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _run_names_are_distinct(self) -> Params:
+        # A variant's results folder (results/<variant>/) and DVC stage names
+        # (train@<variant>-<seed>) must not be another variant's run: variant "bn-42" would
+        # share results/bn-42/ with variant "bn" at seed 42, and DVC refuses overlapping outputs.
+        for variant in self.variants:
+            for other in self.variants:
+                for seed in self.seeds:
+                    if variant == f"{other}-{seed}":
+                        raise ValueError(
+                            f"variant {variant!r} is also the name of variant {other!r} at seed "
+                            f"{seed} (its stages and results/{variant}/ would clash): rename "
+                            "the variant so that it is not <another variant>-<seed>"
+                        )
         return self
 
     @field_validator("seeds")

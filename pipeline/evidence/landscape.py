@@ -7,11 +7,15 @@ section 3.2) measure, at points of training, along the step training takes:
 - gradient predictiveness: the ℓ2 change of the gradient after such a step;
 - the effective β-smoothness: the largest gradient change per unit of distance moved.
 
-They train with SGD, whose step is −η·∇L. This project trains with RMSprop, whose step is
-not along the gradient: each step here is the optimizer's own update at η = m × the training
-learning rate, for each multiple m of `train.probe.landscape.step_multiples` (from a quarter
-to four times the step training takes), computed from the current gradient and the
-optimizer's own state. So the landscape is measured where training actually moves. Every
+They train with SGD and step along −∇L: `train.probe.landscape.direction: gradient` does the
+same, at the rates `step_sizes` (the paper's range ends just below the rate at which the
+network without BatchNormalization diverges). This project's own variant, the default
+`direction: optimizer_update`, steps along the optimizer's update instead: with RMSprop, whose
+step rescales each weight's gradient by its running size, that is not the gradient's
+direction, and the distance moved no longer scales with the gradient. It is the optimizer's
+own update at η = m × the training learning rate, for each multiple m of `step_multiples`
+(a quarter to four times the step training takes), from the current gradient and the
+optimizer's own state: the landscape where training actually moves. Every
 measure is taken on the fixed probe batch, and the weights, the optimizer's state and
 BatchNormalization's moving statistics are put back afterwards: training is bit-identical
 with the probe on or off (tests/test_landscape.py).
@@ -38,9 +42,9 @@ LandscapeRow = dict[str, float]
 class LandscapeProbe:
     """Measures the landscape along the optimizer's step on one fixed batch."""
 
-    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, multiples: list[float]):
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, settings: LandscapeParams):
         self.model = model
-        self.multiples = multiples
+        self.settings = settings
         self.x = tf.constant(x)
         self.y = tf.constant(y.astype(np.int32))
         self._loss_and_gradients = tf.function(self._compute)
@@ -67,10 +71,19 @@ class LandscapeProbe:
         loss, gradients = self._loss_and_gradients()
         flat = _flatten(gradients)
         losses, changes, ratios = [float(loss)], [], []
+        sizes = self.settings.step_sizes or [
+            multiple * learning_rate for multiple in self.settings.step_multiples
+        ]
         try:
-            for multiple in self.multiples:
-                optimizer.learning_rate = learning_rate * multiple
-                optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            for size in sizes:
+                if self.settings.direction == "gradient":
+                    _assign(
+                        variables,
+                        [w - size * np.asarray(g) for w, g in zip(weights, gradients, strict=True)],
+                    )
+                else:
+                    optimizer.learning_rate = size
+                    optimizer.apply_gradients(zip(gradients, variables, strict=True))
                 distance = math.sqrt(
                     sum(
                         float(np.sum(np.square(v.numpy() - w)))
@@ -89,12 +102,18 @@ class LandscapeProbe:
             _assign(variables, weights)
             _assign(optimizer.variables, state)
             _assign(model.non_trainable_variables, moving)
-        finite = [value for value in losses if math.isfinite(value)]
+        # A step that blows the loss or gradient up is recorded as such, infinite and counted,
+        # never dropped: dropping it would read as a smoother landscape.
+        non_finite = sum(not math.isfinite(value) for value in [*losses[1:], *changes])
+        blown_up = not all(math.isfinite(value) for value in changes)
         return {
-            "loss_variation": max(finite) - min(finite) if finite else math.nan,
-            "gradient_change": max(changes),
-            "beta_smoothness": max((r for r in ratios if math.isfinite(r)), default=math.nan),
+            "loss_variation": math.inf if non_finite else max(losses) - min(losses),
+            "gradient_change": math.inf if blown_up else max(changes),
+            "beta_smoothness": math.inf
+            if blown_up
+            else max((r for r in ratios if math.isfinite(r)), default=math.nan),
             "gradient_norm": float(np.linalg.norm(flat)),
+            "non_finite": float(non_finite),
         }
 
 
@@ -153,7 +172,7 @@ class LandscapeCallback(keras.callbacks.Callback):
     def _record(self, step: int) -> None:
         started = time.perf_counter()
         if self._probe is None:
-            self._probe = LandscapeProbe(self.model, self.x, self.y, self.settings.step_multiples)
+            self._probe = LandscapeProbe(self.model, self.x, self.y, self.settings)
         row = {"step": float(step), **self._probe.measure()}
         self.rows.append(row)
         self.seconds += time.perf_counter() - started

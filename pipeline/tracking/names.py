@@ -55,7 +55,15 @@ PROBE_STATISTICS = (
     "mean_derivative",
 )
 # The loss landscape along training's steps (pipeline/evidence/landscape.py), step = training step.
-LANDSCAPE_STATISTICS = ("loss_variation", "gradient_change", "beta_smoothness", "gradient_norm")
+# non_finite: how many of a measure's moved losses and gradient changes were NaN or infinite
+# (a step so long the loss blew up); the other statistics are then infinite, never smoothed over.
+LANDSCAPE_STATISTICS = (
+    "loss_variation",
+    "gradient_change",
+    "beta_smoothness",
+    "gradient_norm",
+    "non_finite",
+)
 _PROBE_METRIC = re.compile(r"probe/(?P<layer>[^/]+)/(?P<statistic>[a-z_]+)")
 
 

@@ -83,10 +83,26 @@ def connect(experiment_name: str, uri: str | None = None) -> str:
         ) from error
 
 
+# MLflow retries a failed request 7 times with a backoff factor of 2 and a 120 s timeout by
+# default: about 4 minutes per call when a server is gone, and a stage makes a call per epoch.
+# These bound it to about 15 s per call when the server refuses connections (sleeps of 0, 4
+# and 8 s plus up to 1 s of jitter each) and about 2.5 min when it stops answering (4 tries of
+# 30 s); a stage that loses its server makes two such calls (the epoch's metrics, the run's
+# end). Each variable the user sets wins. docs/troubleshooting.md states the same bounds.
+HTTP_RETRY_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 def check_server(uri: str | None = None) -> None:
-    """Fail fast when the store is a tracking server that does not answer; writes nothing."""
+    """Fail fast when the store is a tracking server that does not answer; writes nothing.
+    Bounds MLflow's retries for the rest of the stage, so a server lost later fails it soon."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
+        for variable, value in HTTP_RETRY_BOUNDS.items():
+            os.environ.setdefault(variable, value)
         _check_server(uri)
 
 

@@ -106,8 +106,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         return self.seconds_before + time.perf_counter() - self._started
 
 
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first NaN or infinite batch loss and remembers where."""
+class StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
+    """Keras' TerminateOnNaN (a NaN or infinite batch loss stops training), remembering where:
+    the one thing Keras' callback does not keep, and the divergence message names."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,8 +118,8 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch + 1
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_batch_end(batch, logs)
         loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss):
+        if self.model.stop_training and not math.isfinite(loss) and self.failure is None:
             self.failure = f"loss became {loss} at epoch {self._epoch}, batch {batch + 1}"
-            self.model.stop_training = True

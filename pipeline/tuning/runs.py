@@ -4,10 +4,8 @@ trial, and a nested child run per trial with its epochs, settings, state and val
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +15,6 @@ from mlflow.entities import Metric, Param
 from optuna.trial import TrialState
 
 from pipeline.config.params import Params
-from pipeline.records.figures import save
 from pipeline.tracking import names, store
 from pipeline.tracking.keras_callbacks import MlflowEpochMetrics
 from pipeline.tuning.spec import PARAM, StudySpec, pruner_settings
@@ -177,18 +174,22 @@ class TuningRuns:
 
     def _log_plots(self, study: optuna.Study) -> None:
         assert self.client is not None and self.parent_id is not None
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless, as every figure of the pipeline
+        from matplotlib import pyplot as plt
         from optuna.visualization import matplotlib as plots  # pulls in matplotlib lazily
 
-        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             figures = {
                 "optimization_history.png": plots.plot_optimization_history(study),
                 "learning_rate_slice.png": plots.plot_slice(study, params=[PARAM]),
             }
-            for name, axes in figures.items():
-                target = Path(folder) / name
-                save(np.asarray(axes, dtype=object).flat[0].figure, target)
-                self.client.log_artifact(self.parent_id, str(target))
+        for name, axes in figures.items():
+            figure = np.asarray(axes, dtype=object).flat[0].figure
+            self.client.log_figure(self.parent_id, figure, name)
+            plt.close(figure)
 
 
 def _log_params(client: MlflowClient, run_id: str, values: dict[str, Any]) -> None:
