@@ -90,6 +90,7 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TestMetrics:
     files = variant_files(params.paths, variant, seed)
     link = read_record(files.run, RunLink)
     store.connect(params.mlflow.experiment, stores.tracking_uri)  # fail fast, before writing
+    store.check_run_usable(link.run_id, f"train again: `dvc repro -f train@{name}`")
     raw = read_npz(params.paths.raw_dataset, ("x_test", "y_test", "class_names"))
     class_names = [str(name) for name in raw["class_names"]]
     if not files.model.is_file():

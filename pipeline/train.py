@@ -96,6 +96,9 @@ def run(params: Params, variant: str, seed: int, stores: Stores) -> TrainMetrics
         checkpoints = checkpoint_folder(stores.root, flat, provenance.sha256)
         if (checkpoints / "mlflow_run.json").is_file():
             resumed_run_id = read_json(checkpoints / "mlflow_run.json")["run_id"]
+            store.check_run_usable(
+                resumed_run_id, f"start over: delete {checkpoints} (its completed epochs go)"
+            )
     with (
         mlflow.start_run(
             run_id=resumed_run_id, experiment_id=experiment_id, run_name=name, tags=tags

@@ -214,3 +214,19 @@ def test_resumed_training_continues_from_the_last_completed_epoch(tmp_path: Path
     steps = [metric.step for metric in client.get_metric_history(run_id, "val_accuracy")]
     assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
     assert not list((root / ".cache" / "resume").iterdir()), "checkpoints go once done"
+
+
+def test_a_run_deleted_in_mlflow_s_ui_or_gone_is_named_with_the_way_back(store: str) -> None:
+    client = MlflowClient()
+    run_id = client.create_run(store, run_name="plain-42").info.run_id
+    client.set_terminated(run_id)
+    tracking.check_run_usable(run_id, "retrain")  # a live run: nothing to say
+    client.delete_run(run_id)  # what the UI's delete does: to the trash
+    with pytest.raises(PipelineError, match=r"run .* \(plain-42\) is deleted") as raised:
+        tracking.check_run_usable(run_id, "retrain")
+    assert f"mlflow runs restore --run-id {run_id}" in str(raised.value)
+    assert str(raised.value).endswith("or retrain")
+    client.restore_run(run_id)
+    tracking.check_run_usable(run_id, "retrain")
+    with pytest.raises(PipelineError, match="no longer exists .*: retrain"):
+        tracking.check_run_usable("0" * 32, "retrain")

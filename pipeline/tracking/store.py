@@ -193,6 +193,27 @@ def killed_on_interrupt() -> Iterator[None]:
         raise
 
 
+def check_run_usable(run_id: str, way_out: str) -> None:
+    """Refuse, in one line, to reopen a run MLflow's UI or CLI deleted (in the trash, or gone
+    after `mlflow gc`); `way_out` says what else the user can do."""
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise PipelineError(
+            f"the MLflow run {run_id} no longer exists in {tracking_uri()} (removed for good, "
+            f"as `mlflow gc` does): {way_out}"
+        ) from error
+    if run.info.lifecycle_stage == "deleted":
+        raise PipelineError(
+            f"the MLflow run {run_id} ({run.info.run_name}) is deleted (in the trash of "
+            f"{tracking_uri()}): restore it (`mlflow runs restore --run-id {run_id}`) or "
+            f"{way_out}"
+        )
+
+
 @contextlib.contextmanager
 def resumed_run(run_id: str) -> Iterator[mlflow.ActiveRun]:
     """Reopen a finished run to add to it, ending it FINISHED again (KILLED on Ctrl-C).
