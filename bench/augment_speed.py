@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config.params import AugmentationParams
+from pipeline.config.train_params import AugmentationParams
 from pipeline.training.augment import RandomAffine
 from pipeline.training.inputs import without_autotune
 from pipeline.training.runtime import device_description

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.cifar10.decode import read_source
-from pipeline.config.params import SpeedParams, VariantSettings
+from pipeline.config.train_params import SpeedParams, VariantSettings
 from pipeline.evidence.probes import fixed_batch
 from pipeline.training.model import build_model
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from pipeline.config.params import LandscapeParams, TrainParams
+from pipeline.config.train_params import LandscapeParams, TrainParams
 from pipeline.evidence.landscape import LandscapeProbe
 from pipeline.training.fit import compiled_model
 from pipeline.training.runtime import device_description, seed_everything

@@ -32,7 +32,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config.params import SpeedParams, TrainParams
+from pipeline.config.train_params import SpeedParams, TrainParams
 from pipeline.evidence.probes import probe_callback
 from pipeline.tracking.keras_callbacks import MlflowEpochMetrics
 from pipeline.training.fit import compiled_model

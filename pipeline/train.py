@@ -21,7 +21,8 @@ from mlflow.models import infer_signature
 from pipeline.common.cli import run_seed_stage
 from pipeline.common.files import atomic_path, read_json, read_npz, write_json
 from pipeline.config.layout import PREPARED_KEYS, Stores, run_name, variant_files
-from pipeline.config.params import Params, TrainParams
+from pipeline.config.params import Params
+from pipeline.config.train_params import TrainParams
 from pipeline.evidence.landscape import landscape_callback
 from pipeline.evidence.probes import probe_callback
 from pipeline.records import read_record, write_record

@@ -26,7 +26,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from pipeline.config.layout import Stores
-from pipeline.config.params import Params, TrainParams
+from pipeline.config.params import Params
+from pipeline.config.train_params import TrainParams
 from pipeline.tuning.spec import StudySpec
 from pipeline.tuning.storage import open_storage
 from tests.sources import write_class_folder

@@ -7,7 +7,7 @@ import pytest
 from keras.src.legacy.preprocessing.image import ImageDataGenerator
 from scipy import ndimage
 
-from pipeline.config.params import AugmentationParams
+from pipeline.config.train_params import AugmentationParams
 from pipeline.training.augment import RandomAffine, affine_transforms, is_identity, warp
 
 # ImageDataGenerator's transform parameters: shear in degrees, zx/zy zoom, tx/ty shifts in

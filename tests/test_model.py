@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config.params import (
+from pipeline.config.params import NormalizeParams
+from pipeline.config.train_params import (
     AugmentationParams,
-    NormalizeParams,
     SpeedParams,
     TrainParams,
     VariantSettings,

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 from pipeline.training.optimizers import RMSpropEpsilonOutside, make_optimizer
 
 LR, RHO, EPS = 1e-3, 0.9, 1e-7

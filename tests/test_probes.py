@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 from pipeline.evidence.probes import PREACTIVATION_FIELDS, LayerProbe, ProbeCallback, fixed_batch
 from pipeline.records.layers import (
     read_preactivations,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.common.errors import PipelineError
-from pipeline.config.params import SpeedParams
+from pipeline.config.train_params import SpeedParams
 from pipeline.records.history import HISTORY_FIELDS, read_history, write_history
 from pipeline.train import final_metrics
 from pipeline.training import runtime

@@ -1,4 +1,4 @@
-"""The settings marked SAME_RESULT (pipeline/config/params.py), as keys and pydantic excludes.
+"""The settings marked SAME_RESULT (pipeline/config/section.py), as keys and pydantic excludes.
 
 A study's identity (pipeline/tuning/spec.py) and the ablation's factors
 (pipeline/analysis/grouping.py) leave these settings out.
@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.config.messages import section_type
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 
 
 def same_result_fields(model: type[BaseModel] = TrainParams) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config.params import LandscapeParams, TrainParams
+from pipeline.config.train_params import LandscapeParams, TrainParams
 from pipeline.evidence.probes import fixed_batch
 from pipeline.training.inputs import TrainingData
 

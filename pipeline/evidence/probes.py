@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 from pipeline.records.layers import HISTOGRAM_EDGES, Histograms, ProbeRow
 from pipeline.training.inputs import TrainingData
 

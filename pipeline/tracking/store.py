@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from pipeline.common.errors import PipelineError
 from pipeline.common.files import array_digest, exclusive_lock
 from pipeline.config.layout import Stores
-from pipeline.config.params import Params, TrainParams
+from pipeline.config.params import Params
+from pipeline.config.train_params import TrainParams
 from pipeline.tracking import names
 
 log = logging.getLogger(__name__)

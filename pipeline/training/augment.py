@@ -16,7 +16,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.config.params import AugmentationParams
+from pipeline.config.train_params import AugmentationParams
 
 
 def affine_transforms(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 
 log = logging.getLogger(__name__)
 

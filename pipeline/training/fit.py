@@ -17,7 +17,7 @@ import keras
 from tensorflow.python.framework import config as tf_config
 
 from pipeline.common.errors import TrainingDiverged
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 from pipeline.evidence.landscape import LandscapeCallback
 from pipeline.evidence.probes import ProbeCallback
 from pipeline.records.history import History

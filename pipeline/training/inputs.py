@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 from pipeline.training.augment import RandomAffine, is_identity
 
 log = logging.getLogger(__name__)

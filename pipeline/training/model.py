@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.cifar10.chance import NUM_CLASSES
-from pipeline.config.params import SpeedParams, VariantSettings
+from pipeline.config.train_params import SpeedParams, VariantSettings
 from pipeline.records.data import NormalizationStats
 
 IMAGE_SHAPE = (32, 32, 3)

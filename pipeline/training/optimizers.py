@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 
 # RMSprop divides each gradient by a running root mean square. Where its epsilon goes decides
 # the step of a weight whose gradients are tiny: Keras 3 (and tf.keras from 2.4) compute

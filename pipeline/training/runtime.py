@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 from pipeline.common.errors import PipelineError
-from pipeline.config.params import SpeedParams
+from pipeline.config.train_params import SpeedParams
 
 log = logging.getLogger(__name__)
 

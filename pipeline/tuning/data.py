@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.cifar10.sampling import stratified_sample
 from pipeline.common.files import array_digest, read_npz
-from pipeline.config.params import TrainParams
+from pipeline.config.train_params import TrainParams
 from pipeline.training.inputs import TrainingData, training_data
 
 # The arrays of the prepared dataset that tuning reads: never the test set (the tune stage

@@ -10,7 +10,8 @@ import keras
 import optuna
 
 from pipeline.common.errors import TrainingDiverged
-from pipeline.config.params import TrainParams, TuneParams
+from pipeline.config.params import TuneParams
+from pipeline.config.train_params import TrainParams
 from pipeline.training.fit import train_model
 from pipeline.training.inputs import TrainingData
 from pipeline.tuning.spec import OBJECTIVE, PARAM

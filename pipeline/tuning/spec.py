@@ -18,8 +18,9 @@ from typing import Any
 
 import optuna
 
-from pipeline.config.params import TrainParams, TuneParams
+from pipeline.config.params import TuneParams
 from pipeline.config.same_result import same_result_fields
+from pipeline.config.train_params import TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.common.errors import PipelineError
-from pipeline.config.params import Params, TrainParams
+from pipeline.config.params import Params
+from pipeline.config.train_params import TrainParams
 from pipeline.training.bn_statistics import bn_statistics_lag
 from pipeline.training.inputs import TrainingData, steps_per_epoch
 from pipeline.tuning.data import data_digest
