@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import http.server
 import os
 import shutil
@@ -218,6 +219,30 @@ def wait_for_health(url: str, server: subprocess.Popen[bytes], seconds: float = 
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"mlflow server at {url} did not answer within {seconds} s")
+
+
+# Stores and bookkeeping that no user restores by hand.
+NOT_WORKSPACE = (".git", ".dvc", "mlflow.db", "mlflow.db.lock", "mlartifacts")
+# README's recovery after a failed or unwanted `dvc repro` (docs/troubleshooting.md).
+RECOVERY = ["tools/restore.sh"]
+
+
+def workspace(repo: Path) -> dict[str, str]:
+    """sha256 of every file of the workspace, by path."""
+    return {
+        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(repo.rglob("*"))
+        if path.is_file() and path.relative_to(repo).parts[0] not in NOT_WORKSPACE
+    }
+
+
+def trained_project(root: Path, stage: str) -> Path:
+    """A fresh project in `root` with `dvc repro <stage>` done and everything committed."""
+    repo = make_project(root)
+    dvc(repo, "repro", stage)
+    run_command(["git", "add", "-A"], repo)
+    run_command(["git", "commit", "-qm", "trained"], repo)
+    return repo
 
 
 @dataclass

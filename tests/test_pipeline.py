@@ -7,9 +7,7 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,21 +15,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 from scipy import stats
 
 from pipeline.config.layout import variant_files
 from pipeline.config.params import load_params
 from tests.conftest import (
     PROJECT_ROOT,
+    RECOVERY,
     dvc,
     edit_params,
-    free_port,
     make_project,
-    project_environment,
     run_command,
     runs_by_name,
-    wait_for_health,
+    workspace,
 )
 from tests.sources import write_class_folder
 from tools.plots_template import LIBRARIES
@@ -39,8 +35,6 @@ from tools.plots_template import TEMPLATE as PLOTS_TEMPLATE
 from tools.stage_deps import code_closure
 
 VARIANTS = ("plain", "bn")
-# Stores and bookkeeping that no user restores by hand.
-NOT_WORKSPACE = (".git", ".dvc", "mlflow.db", "mlflow.db.lock", "mlartifacts")
 
 
 @pytest.fixture(scope="module")
@@ -181,15 +175,6 @@ def test_a_second_seed_adds_only_its_own_runs_and_the_spread(
     }
 
 
-def workspace(repo: Path) -> dict[str, str]:
-    """sha256 of every file of the workspace, by path."""
-    return {
-        str(path.relative_to(repo)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(repo.rglob("*"))
-        if path.is_file() and path.relative_to(repo).parts[0] not in NOT_WORKSPACE
-    }
-
-
 UNREACHABLE = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens on port 9
 
 
@@ -263,10 +248,6 @@ def test_after_a_failed_repro_the_documented_recovery_restores_every_output(
     assert "up to date" in dvc(copy, "status").stdout
 
 
-# README's recovery after a failed or unwanted `dvc repro` (docs/troubleshooting.md).
-RECOVERY = ["tools/restore.sh"]
-
-
 def committed_copy(reproduced: Path, tmp_path: Path) -> Path:
     """A copy of the reproduced project with its outputs committed."""
     copy = tmp_path / "committed"
@@ -331,118 +312,6 @@ def test_the_recovery_after_a_stage_failed_once_it_wrote_its_model(
     assert hashlib.sha256(model.read_bytes()).hexdigest() != before["models/plain-42.keras"]
     run_command(RECOVERY, copy)
     assert workspace(copy) == before
-
-
-CACHED_RUN = "is cached - skipping run, checking out outputs"
-
-
-def test_params_that_ran_before_are_restored_from_the_run_cache(
-    reproduced: Path, tmp_path: Path
-) -> None:
-    """At another learning rate and back, the third repro runs no stage and restores the
-    first's outputs byte for byte; pushed with --run-cache, a fresh clone skips them too."""
-    copy = committed_copy(reproduced, tmp_path)
-    first = workspace(copy)
-    committed = (copy / "params.yaml").read_text()
-    rate = load_params(copy / "params.yaml").train.learning_rate
-    edit_params(copy, lambda values: values["train"].update(learning_rate=2 * rate))
-    other = (copy / "params.yaml").read_text()
-    started = time.perf_counter()
-    assert "Running stage 'train@bn-42'" in dvc(copy, "repro").stdout
-    trained_seconds = time.perf_counter() - started
-
-    (copy / "params.yaml").write_text(committed)
-    started = time.perf_counter()
-    back = dvc(copy, "repro").stdout
-    restored_seconds = time.perf_counter() - started
-
-    assert "Running stage" not in back
-    assert f"Stage 'train@bn-42' {CACHED_RUN}" in back
-    assert workspace(copy) == first
-    print(f"\nat 2x the rate: {trained_seconds:.1f} s; back: {restored_seconds:.1f} s")
-    print("\n".join(line for line in back.splitlines() if CACHED_RUN in line))
-
-    # Another machine: the run-cache's entries (`push --run-cache`) and the outputs they name
-    # (`dvc push`, of the other rate's workspace too) on a shared remote.
-    dvc(copy, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    dvc(copy, "push", "--run-cache")
-    (copy / "params.yaml").write_text(other)
-    dvc(copy, "repro")  # restored from the run-cache: its outputs are in the workspace
-    dvc(copy, "push")
-    run_command(RECOVERY, copy)
-    run_command(["git", "commit", "-qam", "a remote"], copy)
-    clone = tmp_path / "clone"
-    run_command(["git", "clone", "-q", str(copy), str(clone)], tmp_path)
-    dvc(clone, "pull", "--run-cache")
-    (clone / "params.yaml").write_text(other)
-    elsewhere = dvc(clone, "repro", "--pull").stdout
-    assert "Running stage" not in elsewhere
-    assert f"Stage 'train@plain-42' {CACHED_RUN}" in elsewhere
-
-
-def test_a_tracking_server_lost_mid_training_fails_the_stage_soon_and_training_resumes(
-    reproduced: Path, tmp_path: Path
-) -> None:
-    """An `mlflow server` stopped during `dvc repro train@...`: the stage ends within MLflow's
-    bounded retries with one line naming the server; started again, a rerun continues from
-    the last completed epoch (train.resume)."""
-    copy = committed_copy(reproduced, tmp_path)
-    edit_params(copy, lambda values: values["train"].update(epochs=60, resume=True))
-    url = f"http://127.0.0.1:{free_port()}"
-    to_server = {"MLFLOW_TRACKING_URI": url, "no_proxy": "127.0.0.1"}
-
-    def start_server() -> subprocess.Popen[bytes]:
-        port = url.rsplit(":", 1)[1]
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port,
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        wait_for_health(url, server)
-        return server
-
-    server = start_server()
-    stage = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "train@plain-42"],
-        cwd=copy,
-        env=project_environment(to_server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    client = MlflowClient(url)
-    deadline = time.monotonic() + 300
-    # Two epochs logged: the first epoch's checkpoint is then written (it comes after the
-    # epoch's MLflow logging), which is what a resumed run continues from.
-    while not any(
-        len(client.get_metric_history(run.info.run_id, "val_accuracy")) >= 2
-        for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
-    ):
-        assert stage.poll() is None and time.monotonic() < deadline, "two epochs not logged"
-        time.sleep(0.2)
-    server.terminate()
-    server.wait()
-    lost = time.monotonic()
-    _, stderr = stage.communicate(timeout=600)
-    failed_after = time.monotonic() - lost
-
-    assert stage.returncode != 0
-    assert f"error: the MLflow tracking server {url} stopped answering" in stderr
-    assert "Traceback" not in stderr
-    print(f"\nthe stage failed {failed_after:.1f} s after the server stopped")
-    assert failed_after < 60  # refused connections: about 15 s a call, store.HTTP_RETRY_BOUNDS
-
-    server = start_server()
-    try:
-        resumed = run_command(
-            [sys.executable, "-m", "dvc", "repro", "train@plain-42"], copy, extra_env=to_server
-        )
-    finally:
-        server.terminate()
-        server.wait()
-    completed = re.search(r"resuming after epoch (\d+)", resumed.stderr)
-    assert completed is not None and int(completed[1]) >= 1, resumed.stderr[-2000:]
 
 
 def changed_stages(repo: Path) -> set[str]:

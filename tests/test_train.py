@@ -104,7 +104,7 @@ def test_speed_options_train_to_finite_metrics(speed: dict[str, Any]) -> None:
 def test_thread_settings_apply_before_tensorflow_starts() -> None:
     script = (
         "import tensorflow as tf\n"
-        "from pipeline.config.params import SpeedParams\n"
+        "from pipeline.config.train_params import SpeedParams\n"
         "from pipeline.training.runtime import configure_threads\n"
         "configure_threads(SpeedParams(intra_op_threads=1, inter_op_threads=1))\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
