@@ -48,3 +48,10 @@ def test_tiny_gradients_take_near_full_steps_only_with_the_old_convention() -> N
 def test_centered_or_momentum_forms_are_refused() -> None:
     with pytest.raises(ValueError, match="without centering or momentum"):
         RMSpropEpsilonOutside(learning_rate=LR, momentum=0.9)
+
+
+def test_sgd_takes_its_momentum_from_the_settings() -> None:
+    plain = make_optimizer(TrainParams(optimizer="sgd", learning_rate=0.1))
+    heavy = make_optimizer(TrainParams(optimizer="sgd", learning_rate=0.1, sgd_momentum=0.9))
+    assert isinstance(heavy, keras.optimizers.SGD)
+    assert (plain.momentum, heavy.momentum) == (0.0, 0.9)

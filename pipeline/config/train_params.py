@@ -45,6 +45,9 @@ class VariantSettings(Section):
     activation: Activation = "sigmoid"
     optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
     rmsprop_epsilon: RmspropEpsilon = "inside_sqrt"
+    sgd_momentum: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0, description="momentum of optimizer sgd (Keras' default: 0, none)"
+    )
     learning_rate: PositiveFloat = 1e-3
     batch_size: PositiveInt = 32
     epochs: PositiveInt = 10

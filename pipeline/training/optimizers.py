@@ -50,4 +50,6 @@ def make_optimizer(settings: TrainParams) -> keras.optimizers.Optimizer:
         return keras.optimizers.RMSprop(learning_rate=settings.learning_rate)
     if settings.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=settings.learning_rate)
-    return keras.optimizers.SGD(learning_rate=settings.learning_rate)
+    return keras.optimizers.SGD(
+        learning_rate=settings.learning_rate, momentum=settings.sgd_momentum
+    )
