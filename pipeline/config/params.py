@@ -144,17 +144,18 @@ class Params(Section):
     @model_validator(mode="after")
     def _run_names_are_distinct(self) -> Params:
         # A variant's results folder (results/<variant>/) and DVC stage names
-        # (train@<variant>-<seed>) must not be another variant's run: variant "bn-42" would
-        # share results/bn-42/ with variant "bn" at seed 42, and DVC refuses overlapping outputs.
+        # (train@<variant>-<seed>, config/layout.run_name) must not be another variant's run:
+        # variant "bn-42" would share results/bn-42/ with variant "bn" at seed 42, and DVC
+        # refuses overlapping outputs.
+        runs = {f"{other}-{seed}": (other, seed) for other in self.variants for seed in self.seeds}
         for variant in self.variants:
-            for other in self.variants:
-                for seed in self.seeds:
-                    if variant == f"{other}-{seed}":
-                        raise ValueError(
-                            f"variant {variant!r} is also the name of variant {other!r} at seed "
-                            f"{seed} (its stages and results/{variant}/ would clash): rename "
-                            "the variant so that it is not <another variant>-<seed>"
-                        )
+            if variant in runs:
+                other, seed = runs[variant]
+                raise ValueError(
+                    f"variant {variant!r} is also the name of variant {other!r} at seed {seed} "
+                    f"(its stages and results/{variant}/ would clash): rename the variant so "
+                    "that it is not <another variant>-<seed>"
+                )
         return self
 
     @field_validator("seeds")

@@ -174,11 +174,9 @@ class TuningRuns:
 
     def _log_plots(self, study: optuna.Study) -> None:
         assert self.client is not None and self.parent_id is not None
-        import matplotlib
-
-        matplotlib.use("Agg")  # headless, as every figure of the pipeline
-        from matplotlib import pyplot as plt
         from optuna.visualization import matplotlib as plots  # pulls in matplotlib lazily
+
+        from pipeline.records.figures import plt  # headless, as every figure of the pipeline
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
