@@ -38,7 +38,6 @@ summary docs/landscape/article.runs.json docs/landscape/article
 summary docs/lr_sweep/part1.runs.json docs/lr_sweep/part1 --sweep train.learning_rate --reference lr-1e-3-plain-seeds-1
 summary docs/lr_sweep/part2.runs.json docs/lr_sweep/part2 --sweep train.learning_rate --reference lr-1e-4-plain
 summary docs/lr_sweep/sweep.runs.json docs/lr_sweep/sweep --sweep train.learning_rate --reference lr-1e-3-plain-seeds-1
-summary docs/lr_sweep/tolerance-part1.runs.json docs/lr_sweep/tolerance-part1 --sweep train.learning_rate
-summary docs/lr_sweep/tolerance-part2.runs.json docs/lr_sweep/tolerance-part2 --sweep train.learning_rate
 summary docs/landscape/sgd-pilot-sigmoid.runs.json docs/landscape/sgd-pilot-sigmoid --sweep train.learning_rate
 summary docs/landscape/sgd-pilot-relu.runs.json docs/landscape/sgd-pilot-relu --sweep train.learning_rate
+summary docs/lr_sweep/tolerance.runs.json docs/lr_sweep/tolerance --sweep train.learning_rate
