@@ -79,6 +79,9 @@ def test_bn_over_plain_is_the_ratio_of_geometric_means_with_welchs_interval() ->
     assert ratio.log10.resolved() and ratio.ratio < 1
     page = smoothness_markdown(result)
     assert f"| lr-1e-3 | bn / plain | {ratio.ratio:.3g} [" in page
+    # Every bn run is smoother than every plain run: the smallest p 3 against 3 allows, shown.
+    assert ratio.log10.permutation_p == pytest.approx(0.1)
+    assert f"{10**ratio.log10.high:.3g}], p 0.1 |" in page
     record = smoothness_json(result)
     assert {r["statistic"] for r in record["ratios"]} == set(STATISTICS)
 

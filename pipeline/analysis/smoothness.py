@@ -126,7 +126,8 @@ class SmoothnessRatio:
         if math.isnan(self.log10.low):
             n = self.log10.n
             return f"{self.ratio:.3g} (no interval: {n[0]} vs {n[1]} runs)"
-        return f"{self.ratio:.3g} [{10**self.log10.low:.3g}, {10**self.log10.high:.3g}]"
+        interval = f"{self.ratio:.3g} [{10**self.log10.low:.3g}, {10**self.log10.high:.3g}]"
+        return f"{interval}, p {self.log10.permutation_p:.2g}"
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,8 @@ ROWS_NOTE = (
 )
 RATIOS_NOTE = (
     "Between variants: the ratio of the geometric means, with the 95% Welch interval of the "
-    "mean log10 difference (below 1: smoother than the baseline variant)."
+    "mean log10 difference (below 1: smoother than the baseline variant) and p, the exact "
+    "permutation test of that difference (with 3 runs against 3 it cannot go below 0.1)."
 )
 
 
