@@ -41,3 +41,4 @@ summary docs/lr_sweep/sweep.runs.json docs/lr_sweep/sweep --sweep train.learning
 summary docs/landscape/sgd-pilot-sigmoid.runs.json docs/landscape/sgd-pilot-sigmoid --sweep train.learning_rate
 summary docs/landscape/sgd-pilot-relu.runs.json docs/landscape/sgd-pilot-relu --sweep train.learning_rate
 summary docs/lr_sweep/tolerance.runs.json docs/lr_sweep/tolerance --sweep train.learning_rate
+summary docs/landscape/sgd-gradient.runs.json docs/landscape/sgd-gradient
